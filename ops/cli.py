@@ -1,0 +1,211 @@
+"""The ``atomic-guide`` command line: run the stack, mint dev tokens, inspect streams."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from shared.config import ConfigError
+
+__all__ = ["main"]
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+# --- up ----------------------------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> int:
+    from ops.natsd import record_url, start_nats
+    from ops.stack import ensure_secret, resolve_settings
+    from ops.supervisor import Supervisor
+
+    settings = resolve_settings(gateway_port=args.port, data_dir=args.data_dir)
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "logs").mkdir(exist_ok=True)
+    env = dict(os.environ)
+    if not os.environ.get("AG_JWT_SECRET"):
+        secret, new = ensure_secret(data_dir)
+        env["AG_JWT_SECRET"] = secret
+        if new:
+            print(f"[up] AG_JWT_SECRET not set: generated a dev secret in {data_dir}/jwt_secret")
+    nats = None
+    if not os.environ.get("AG_NATS_URL"):
+        nats = start_nats(data_dir, settings.nats_sync_interval, data_dir / "logs" / "nats.log")
+        record_url(data_dir, nats.url)
+        print(f"[up] embedded nats-server {nats.url} (monitoring {nats.monitor_url})")
+        env["AG_NATS_URL"] = nats.url
+    env.update(
+        AG_DATA_DIR=str(data_dir),
+        AG_GATEWAY_PORT=str(settings.gateway_port),
+        AG_GATEWAY_HOST=settings.gateway_host,
+    )
+    sup: Supervisor | None = None
+    stop = {"now": False}
+
+    def _stop(*_: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        asyncio.run(_provision(settings.replace(nats_url=env["AG_NATS_URL"])))
+        sup = Supervisor(env)
+        sup.start()
+        base = f"http://{settings.gateway_host}:{settings.gateway_port}"
+        ready = False
+        while not stop["now"]:
+            sup.poll()
+            if not ready and _http_ok(base + "/readyz"):
+                ready = True
+                _banner(settings, base, data_dir)
+            time.sleep(0.2)  # supervisor poll interval
+    finally:
+        print("[up] stopping…", file=sys.stderr)
+        if sup is not None:
+            sup.stop()
+        if nats is not None:
+            nats.stop()
+            record_url(data_dir, None)
+        print("[up] stopped", file=sys.stderr)
+    return 0
+
+
+def _banner(settings: Any, base: str, data_dir: Path) -> None:
+    ws = base.replace("http://", "ws://")
+    print(
+        f"""
+Atomic Guide realtime is up.
+  chat:          {ws}/api/chat/ws
+  health:        {base}/healthz   ready: {base}/readyz   metrics: {base}/metrics
+  data dir:      {data_dir}
+Get a token (in another shell, same data dir):
+  atomic-guide token --sub alice --name Alice --context course-1 --data-dir {data_dir}
+Connect:  python -m websockets "{ws}/api/chat/ws?contextId=course-1&token=<token>"
+Ctrl-C stops everything.
+""",
+        flush=True,
+    )
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(resp.status == 200)
+    except Exception:
+        return False
+
+
+async def _provision(settings: Any) -> None:
+    from ops.streams import ensure_streams
+    from shared.natsio import connect
+
+    nc = await connect(settings, "provision")
+    try:
+        await ensure_streams(nc.jetstream(), settings.stream_replicas, settings.dedup_window_s)
+    finally:
+        await nc.close()
+
+
+# --- token -------------------------------------------------------------------------------------
+def cmd_token(args: argparse.Namespace) -> int:
+    from ops.stack import resolve_settings
+    from shared.auth import mint_token
+
+    settings = resolve_settings(data_dir=args.data_dir)
+    key = Path(args.private_key).read_text() if args.private_key else None
+    print(
+        mint_token(
+            settings,
+            sub=args.sub,
+            name=args.name,
+            contexts=args.context,
+            roles=args.role or ["learner"],
+            ttl=args.ttl,
+            now=time.time(),
+            private_key=key,
+            algorithm=args.algorithm,
+        )
+    )
+    return 0
+
+
+# --- streams -----------------------------------------------------------------------------------
+def cmd_streams(args: argparse.Namespace) -> int:
+    from ops.stack import resolve_settings
+    from ops.streams import describe_streams
+    from shared.natsio import connect
+
+    settings = resolve_settings(data_dir=args.data_dir)
+
+    async def run() -> list[dict[str, Any]]:
+        nc = await connect(settings, "cli", max_reconnect_attempts=0, allow_reconnect=False)
+        try:
+            return await describe_streams(nc.jetstream())
+        finally:
+            await nc.close()
+
+    rows = asyncio.run(run())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    _print_table(rows, ["stream", "messages", "bytes", "first_seq", "last_seq", "replicas"])
+    consumers = [{"stream": r["stream"], **c} for r in rows for c in r.get("consumers", [])]
+    if consumers:
+        print()
+        _print_table(consumers, ["stream", "name", "pending", "ack_pending", "delivered"])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="atomic-guide", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole stack in the foreground")
+    up.add_argument("--port", type=int, help="gateway port (AG_GATEWAY_PORT)")
+    up.add_argument("--data-dir", type=Path, help="data dir (AG_DATA_DIR)")
+    up.set_defaults(func=cmd_up)
+
+    tok = sub.add_parser("token", help="mint a dev JWT with the configured key")
+    tok.add_argument("--sub", required=True)
+    tok.add_argument("--name")
+    tok.add_argument("--context", action="append", required=True, help="repeatable")
+    tok.add_argument(
+        "--role", action="append", choices=["learner", "instructor", "admin", "service"]
+    )
+    tok.add_argument("--ttl", type=float, default=3600.0, help="seconds (default 3600)")
+    tok.add_argument("--private-key", help="PEM file, for RS256/ES256 tokens")
+    tok.add_argument("--algorithm")
+    tok.add_argument("--data-dir", type=Path)
+    tok.set_defaults(func=cmd_token)
+
+    st = sub.add_parser("streams", help="streams, consumers, message counts")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--data-dir", type=Path)
+    st.set_defaults(func=cmd_streams)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"atomic-guide: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The chat service: owns every room's message sequence, history and presence."""

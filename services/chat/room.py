@@ -1,0 +1,88 @@
+"""One chat room's state, a projection of its message events (sans-I/O).
+
+``apply`` is the only mutation and takes events in log order, so the same log always rebuilds
+the same room: seq, history and the dedup index of client frame ids.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+from shared.schemas.events import ChatMessagePosted
+from shared.timefmt import ms_to_ts
+
+__all__ = ["Room", "message_wire"]
+
+
+def message_wire(ev: ChatMessagePosted) -> dict[str, Any]:
+    """The ``message`` frame data for a stored message event."""
+    return {
+        "id": ev.messageId,
+        "seq": ev.seq,
+        "content": ev.content,
+        "messageType": ev.messageType,
+        "author": {"id": ev.userId, "name": ev.userName},
+        "timestamp": ms_to_ts(ev.ts),
+    }
+
+
+class Room:
+    __slots__ = ("context_id", "messages", "_ts", "last_subject_seq", "_dedup")
+
+    def __init__(self, context_id: str) -> None:
+        self.context_id = context_id
+        self.messages: list[ChatMessagePosted] = []
+        self._ts: list[int] = []  # message timestamps, for `before` cursors (non-decreasing)
+        self.last_subject_seq = 0  # stream sequence of this room's last message event
+        # (userId, clientId) -> (messageId, seq, ts): a frame re-sent with its id is stored once
+        self._dedup: dict[tuple[str, str], tuple[str, int, int]] = {}
+
+    @property
+    def seq(self) -> int:
+        return self.messages[-1].seq if self.messages else 0
+
+    def apply(self, ev: ChatMessagePosted, stream_seq: int) -> bool:
+        """Add a logged message; False if it is already applied (redelivery, replay overlap)."""
+        if stream_seq <= self.last_subject_seq or ev.seq <= self.seq:
+            return False
+        self.messages.append(ev)
+        # Timestamps come from one chat service clock; clamp so a clock step back keeps order.
+        self._ts.append(max(ev.ts, self._ts[-1]) if self._ts else ev.ts)
+        self.last_subject_seq = stream_seq
+        if ev.clientId is not None:
+            self._dedup[(ev.userId, ev.clientId)] = (ev.messageId, ev.seq, ev.ts)
+        return True
+
+    def duplicate_of(self, user_id: str, client_id: str | None) -> tuple[str, int] | None:
+        if client_id is None:
+            return None
+        hit = self._dedup.get((user_id, client_id))
+        return (hit[0], hit[1]) if hit else None
+
+    def forget_before(self, horizon_ms: int) -> None:
+        """Drop dedup entries older than the window (kept at least that long, as promised)."""
+        stale = [k for k, v in self._dedup.items() if v[2] < horizon_ms]
+        for k in stale:
+            del self._dedup[k]
+
+    def history(
+        self, limit: int, before_ms: int | None = None, before_seq: int | None = None
+    ) -> tuple[list[ChatMessagePosted], bool]:
+        """The newest ``limit`` messages strictly before the cursors, oldest first, and hasMore."""
+        end = len(self.messages)
+        if before_seq is not None:
+            # seq is 1..n with no gaps, so message k sits at index k-1
+            end = min(end, max(before_seq - 1, 0))
+        if before_ms is not None:
+            end = min(end, bisect.bisect_left(self._ts, before_ms))
+        start = max(0, end - limit)
+        return self.messages[start:end], start > 0
+
+    def after(self, seq: int, cap: int) -> tuple[list[ChatMessagePosted], bool]:
+        """Every message with a higher seq, or ([], True) when more than ``cap`` were missed."""
+        start = min(max(seq, 0), len(self.messages))
+        missed = len(self.messages) - start
+        if missed > cap:
+            return [], True
+        return self.messages[start:], False

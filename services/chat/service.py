@@ -1,0 +1,346 @@
+"""The chat service: consumes chat commands, appends message events, answers history/presence.
+
+It is the single writer of every room's sequence. Each append carries
+``Nats-Expected-Last-Subject-Sequence`` (the room's last stream sequence), so a second instance or
+a stale view can never give two messages one ``seq``: a mismatch rebuilds the room from the log
+and retries. ``Nats-Msg-Id`` is derived from the client frame id, so a command redelivered after a
+crash is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, PubAck
+from nats.js.errors import APIError
+
+from services.chat.presence import Change, Presence
+from services.chat.room import Room, message_wire
+from shared import subjects
+from shared.config import Settings
+from shared.logs import get_logger
+from shared.natsio import replay, stream_seq
+from shared.ratelimit import KeyedLimiter
+from shared.schemas.commands import (
+    CommandResult,
+    GatewayHeartbeat,
+    HistoryReply,
+    HistoryRequest,
+    PostMessage,
+    PresenceChange,
+    PresenceReply,
+)
+from shared.schemas.events import (
+    ChatMessagePosted,
+    UserJoined,
+    UserLeft,
+    decode_event,
+    encode_event,
+)
+from shared.schemas.wire import encode, encode_frame
+from shared.timefmt import ms_to_ts, now_ms
+
+__all__ = ["ChatService"]
+
+log = get_logger(__name__)
+
+WRONG_LAST_SEQUENCE = 10071  # JetStream API error code
+_post_decoder = msgspec.json.Decoder(PostMessage)
+_history_decoder = msgspec.json.Decoder(HistoryRequest)
+_presence_decoder = msgspec.json.Decoder(PresenceChange)
+_heartbeat_decoder = msgspec.json.Decoder(GatewayHeartbeat)
+
+
+class _Conflict(Exception):
+    pass
+
+
+class ChatService:
+    def __init__(self, settings: Settings, nc: NATS) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.rooms: dict[str, Room] = {}
+        self.presence = Presence()
+        self.limiter = KeyedLimiter(settings.rate_broadcasts_per_minute)
+        self._room_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._presence_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subs: list[object] = []
+        self._started = 0.0
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self._rebuild_all()
+        self._started = time.monotonic()
+        nc = self.nc
+        self._subs = [
+            await nc.subscribe(subjects.RPC_CHAT_HISTORY, "chat", cb=self._on_history),
+            await nc.subscribe(subjects.RPC_CHAT_PRESENCE, "chat", cb=self._on_presence),
+            await nc.subscribe(subjects.GATEWAY_HEARTBEAT, cb=self._on_heartbeat),
+        ]
+        self._psub = await self.js.pull_subscribe(
+            subjects.CHAT_COMMANDS_ALL,
+            durable="chat",
+            stream=subjects.COMMANDS_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_ack_pending=4096
+            ),
+        )
+        self._tasks = [
+            asyncio.create_task(self._command_loop(), name="chat-commands"),
+            asyncio.create_task(self._ticker(), name="chat-ticker"),
+        ]
+        log.info("chat ready", extra={"rooms": len(self.rooms)})
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()  # type: ignore[attr-defined]
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- projection -----------------------------------------------------------------------
+    async def _rebuild_all(self) -> None:
+        count = 0
+        async for msg in replay(self.js, subjects.EVENTS_STREAM, subjects.CHAT_EVENTS_ALL):
+            self._apply(msg)
+            count += 1
+        log.info("chat state rebuilt", extra={"events": count, "rooms": len(self.rooms)})
+
+    def _apply(self, msg: Msg) -> None:
+        try:
+            ev = decode_event(msg.data)
+        except msgspec.DecodeError:
+            log.error("undecodable event skipped", extra={"seq": stream_seq(msg)})
+            return
+        match ev:
+            case ChatMessagePosted():
+                self._room(ev.contextId).apply(ev, stream_seq(msg))
+            case UserJoined():
+                self.presence.assume(ev.contextId, ev.userId, ev.userName, True)
+            case UserLeft():
+                self.presence.assume(ev.contextId, ev.userId, ev.userName, False)
+
+    async def _rebuild_room(self, context_id: str) -> Room:
+        room = Room(context_id)
+        async for msg in replay(
+            self.js, subjects.EVENTS_STREAM, subjects.chat_messages(context_id)
+        ):
+            ev = decode_event(msg.data)
+            if isinstance(ev, ChatMessagePosted):
+                room.apply(ev, stream_seq(msg))
+        self.rooms[context_id] = room
+        return room
+
+    def _room(self, context_id: str) -> Room:
+        room = self.rooms.get(context_id)
+        if room is None:
+            room = self.rooms[context_id] = Room(context_id)
+        return room
+
+    # --- commands -------------------------------------------------------------------------
+    async def _command_loop(self) -> None:
+        while True:
+            try:
+                msgs = await self._psub.fetch(256, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except nats.errors.Error as exc:
+                log.warning("command fetch failed", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5)  # backoff while NATS reconnects, not synchronisation
+                continue
+            by_room: dict[str, list[tuple[Msg, PostMessage]]] = defaultdict(list)
+            for msg in msgs:
+                try:
+                    cmd = _post_decoder.decode(msg.data)
+                except msgspec.DecodeError:
+                    log.error("undecodable command dropped")
+                    await msg.term()
+                    continue
+                by_room[cmd.contextId].append((msg, cmd))
+            await asyncio.gather(*(self._run_room(batch) for batch in by_room.values()))
+
+    async def _run_room(self, batch: list[tuple[Msg, PostMessage]]) -> None:
+        for msg, cmd in batch:
+            try:
+                await self._post(msg, cmd)
+            except Exception:
+                log.exception("command failed; will be redelivered")
+                await msg.nak(delay=1.0)
+
+    async def _post(self, msg: Msg, cmd: PostMessage) -> None:
+        reply_to = subjects.gateway_replies(cmd.origin.gatewayId)
+        if now_ms() > cmd.deadline:
+            # The gateway has already answered `unavailable`; applying it now would make that a lie.
+            await msg.ack()
+            return
+        async with self._room_locks[cmd.contextId]:
+            result = await self._post_locked(cmd)
+        if result is None:
+            await msg.nak(delay=0.5)
+            return
+        await self.nc.publish(reply_to, encode(result))
+        await msg.ack()
+
+    async def _post_locked(self, cmd: PostMessage, retry: bool = True) -> CommandResult | None:
+        room = self._room(cmd.contextId)
+        user = cmd.origin.userId
+        dup = room.duplicate_of(user, cmd.clientId)
+        if dup is not None:
+            return self._ok(cmd, *dup)
+        if not self.limiter.hit(cmd.contextId, time.monotonic()):
+            return CommandResult(
+                requestId=cmd.requestId,
+                connectionId=cmd.origin.connectionId,
+                clientId=cmd.clientId,
+                error="rate_limited",
+                message="too many messages in this room; try again shortly",
+            )
+        ev = ChatMessagePosted(
+            contextId=cmd.contextId,
+            ts=now_ms(),
+            messageId=uuid.uuid4().hex,
+            seq=room.seq + 1,
+            userId=user,
+            userName=cmd.origin.userName,
+            content=cmd.content,
+            messageType=cmd.messageType,
+            clientId=cmd.clientId,
+        )
+        msg_id = f"chat:{subjects.token(cmd.contextId)}:{subjects.token(user)}:{cmd.clientId}"
+        try:
+            ack = await self._append(
+                subjects.chat_messages(cmd.contextId),
+                encode_event(ev),
+                msg_id if cmd.clientId else ev.messageId,
+                room.last_subject_seq,
+            )
+        except _Conflict:
+            if not retry:
+                return None
+            await self._rebuild_room(cmd.contextId)
+            return await self._post_locked(cmd, retry=False)
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.warning("append failed", extra={"error": repr(exc), "contextId": cmd.contextId})
+            return None
+        if ack.duplicate:
+            # Stored before a crash but unknown to this view: the log is right, re-read it.
+            room = await self._rebuild_room(cmd.contextId)
+            dup = room.duplicate_of(user, cmd.clientId)
+            return self._ok(cmd, *dup) if dup else None
+        room.apply(ev, ack.seq)
+        frame = encode_frame("message", ms_to_ts(ev.ts), message_wire(ev))
+        await self.nc.publish(
+            subjects.chat_live(cmd.contextId), frame, headers={subjects.HDR_SEQ: str(ev.seq)}
+        )
+        return self._ok(cmd, ev.messageId, ev.seq)
+
+    @staticmethod
+    def _ok(cmd: PostMessage, message_id: str, seq: int) -> CommandResult:
+        return CommandResult(
+            requestId=cmd.requestId,
+            connectionId=cmd.origin.connectionId,
+            clientId=cmd.clientId,
+            ok={"messageId": message_id, "seq": seq},
+        )
+
+    async def _append(
+        self, subject: str, payload: bytes, msg_id: str, expected: int | None = None
+    ) -> PubAck:
+        headers = {"Nats-Msg-Id": msg_id}
+        if expected is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
+        try:
+            return await self.js.publish(subject, payload, headers=headers, timeout=5.0)
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise _Conflict from None
+            raise
+
+    # --- history --------------------------------------------------------------------------
+    async def _on_history(self, msg: Msg) -> None:
+        try:
+            req = _history_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        room = self.rooms.get(req.contextId) or Room(req.contextId)
+        if req.afterSeq is not None:
+            events, truncated = room.after(req.afterSeq, req.cap)
+            reply = HistoryReply(
+                [message_wire(e) for e in events], truncated=truncated, lastSeq=room.seq
+            )
+        else:
+            events, more = room.history(req.limit, req.beforeMs, req.beforeSeq)
+            reply = HistoryReply([message_wire(e) for e in events], hasMore=more, lastSeq=room.seq)
+        await msg.respond(encode(reply))
+
+    # --- presence -------------------------------------------------------------------------
+    async def _on_presence(self, msg: Msg) -> None:
+        try:
+            change = _presence_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        async with self._presence_lock:
+            if change.op == "open":
+                ch = self.presence.open(change.gatewayId, change.conn, time.monotonic(), change.seq)
+            else:
+                ch = self.presence.close(change.gatewayId, change.conn.connectionId)
+            if ch is not None:
+                await self._announce(ch)
+        if msg.reply:
+            await msg.respond(encode(PresenceReply(self.presence.users(change.conn.contextId))))
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            hb = _heartbeat_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        async with self._presence_lock:
+            changes = self.presence.heartbeat(
+                hb.gatewayId, hb.connections, time.monotonic(), final=hb.final, seq=hb.seq
+            )
+            for ch in changes:
+                await self._announce(ch)
+
+    async def _announce(self, ch: Change) -> None:
+        """Log a join/leave, then tell the room's other sockets."""
+        ts = now_ms()
+        cls = UserJoined if ch.kind == "joined" else UserLeft
+        ev = cls(contextId=ch.context_id, ts=ts, userId=ch.user_id, userName=ch.user_name)
+        try:
+            await self._append(
+                subjects.chat_presence(ch.context_id), encode_event(ev), uuid.uuid4().hex
+            )
+        except (TimeoutError, nats.errors.Error, APIError) as exc:
+            log.warning("presence event not logged", extra={"error": repr(exc)})
+        frame = encode_frame(
+            "user_" + ch.kind, ms_to_ts(ts), {"userId": ch.user_id, "username": ch.user_name}
+        )
+        await self.nc.publish(
+            subjects.chat_live(ch.context_id), frame, headers={subjects.HDR_EXCEPT_USER: ch.user_id}
+        )
+
+    async def _ticker(self) -> None:
+        beat = self.settings.heartbeat_s
+        settled = False
+        while True:
+            await asyncio.sleep(beat)  # a periodic timer, not synchronisation
+            now = time.monotonic()
+            async with self._presence_lock:
+                changes = self.presence.expire(now, 3 * beat)
+                if not settled and now - self._started > 2.5 * beat:
+                    changes += self.presence.settle()
+                    settled = True
+                for ch in changes:
+                    await self._announce(ch)
+            horizon = now_ms() - int(self.settings.dedup_window_s * 1000) * 2
+            for room in self.rooms.values():
+                room.forget_before(horizon)

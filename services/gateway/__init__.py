@@ -1,0 +1,1 @@
+"""The socket gateway: WebSockets in, NATS subjects out, and back."""

@@ -1,0 +1,58 @@
+"""Run the gateway under uvicorn; SIGTERM drains sockets with 1001 before the server stops."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from types import FrameType
+
+import uvicorn
+
+from services.gateway.app import Gateway, create_app
+from shared.config import Settings, load_settings
+from shared.logs import setup_logging
+
+
+class _Server(uvicorn.Server):
+    gateway: Gateway
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            return super().handle_exit(sig, frame)
+        # Close sockets with 1001 first; uvicorn's own shutdown would say 1012.
+        loop = asyncio.get_event_loop()
+        task = loop.create_task(self.gateway.drain())
+        task.add_done_callback(lambda _: super(_Server, self).handle_exit(sig, frame))
+
+
+def build_server(settings: Settings) -> _Server:
+    app, gateway = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        ws="websockets-sansio",
+        # Bigger than the protocol limit so oversize frames get `too_large`, not a hard 1009.
+        ws_max_size=max(16 * settings.max_frame_bytes, 1 << 20),
+        ws_ping_interval=settings.ping_interval_s,
+        ws_ping_timeout=settings.ping_timeout_s,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = _Server(config)
+    server.gateway = gateway
+    return server
+
+
+def main() -> None:
+    settings = load_settings()
+    setup_logging("gateway", settings.log_format, settings.log_level)
+    server = build_server(settings)
+    server.run()
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    main()

@@ -1,0 +1,126 @@
+"""The gateway's Litestar application: routes, lifespan, and the uvicorn server around it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Litestar, MediaType, Response, WebSocket, get, websocket
+from nats.aio.client import Client as NATS
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.gateway.chat import ChatEndpoint
+from services.gateway.gate import ConnectionGate
+from services.gateway.hub import Hub
+from services.gateway.session import SessionRunner
+from shared.auth import TokenVerifier
+from shared.config import Settings
+from shared.errors import CLOSE_GOING_AWAY
+from shared.logs import get_logger
+from shared.natsio import connect, streams_exist
+
+__all__ = ["Gateway", "create_app"]
+
+log = get_logger(__name__)
+
+
+class Gateway:
+    """Owns the gateway's long-lived parts; started and stopped by the app's lifespan."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.verifier = TokenVerifier(settings)
+        self.nc: NATS | None = None
+        self.hub: Hub | None = None
+        self.endpoints: dict[str, Any] = {}
+        self.runner: SessionRunner | None = None
+        self.draining = False
+
+    async def start(self) -> None:
+        while True:
+            try:
+                self.nc = await connect(self.settings, "gateway")
+                break
+            except Exception as exc:  # NATS not up yet: keep trying, /readyz says not ready
+                log.warning("nats connect failed; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(1.0)  # retry backoff
+        self.hub = Hub(self.settings, self.nc)
+        await self.hub.start()
+        chat = ChatEndpoint(self.settings, self.hub, self.nc)
+        await chat.start()
+        self.endpoints = {"chat": chat}
+        self.runner = SessionRunner(self.settings, self.hub, self.verifier)
+        log.info("gateway started", extra={"gatewayId": self.hub.gateway_id})
+
+    async def drain(self) -> None:
+        """Close every socket with 1001 (go elsewhere) and let the frames flush."""
+        self.draining = True
+        if self.hub is None:
+            return
+        conns = list(self.hub.conns)
+        for conn in conns:
+            conn.close(CLOSE_GOING_AWAY, "server shutting down")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(c.flushed() for c in conns)), 5.0)
+
+    async def stop(self) -> None:
+        await self.drain()
+        for ep in self.endpoints.values():
+            await ep.stop()
+        if self.hub is not None:
+            await self.hub.stop()
+        if self.nc is not None:
+            await self.nc.drain()
+
+    async def ready(self) -> bool:
+        if self.nc is None or not self.nc.is_connected or self.draining:
+            return False
+        return await streams_exist(self.nc.jetstream())
+
+
+def create_app(settings: Settings) -> tuple[Any, Gateway]:
+    gw = Gateway(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    async def _serve(socket: WebSocket[Any, Any, Any], name: str) -> None:
+        endpoint = gw.endpoints.get(name)
+        if gw.runner is None or endpoint is None or gw.draining:
+            await socket.close(code=CLOSE_GOING_AWAY)
+            return
+        peer = socket.scope.get("state", {}).get("client_ip") or "unknown"
+        await gw.runner.run(socket, endpoint, peer)
+
+    @websocket("/api/chat/ws")
+    async def chat_ws(socket: WebSocket[Any, Any, Any]) -> None:
+        await _serve(socket, "chat")
+
+    @get("/healthz", media_type=MediaType.JSON)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/readyz", media_type=MediaType.JSON)
+    async def readyz() -> Response[dict[str, str]]:
+        ok = await gw.ready()
+        return Response({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
+
+    @get("/metrics")
+    async def metrics_route() -> Response[bytes]:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app = Litestar(
+        route_handlers=[chat_ws, healthz, readyz, metrics_route],
+        lifespan=[lifespan],
+        openapi_config=None,  # no docs/debug endpoints open by default
+        debug=False,
+        logging_config=None,  # our JSON logging, set up by the entry point
+    )
+    return ConnectionGate(app, settings), gw

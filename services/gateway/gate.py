@@ -1,0 +1,71 @@
+"""ASGI wrapper that refuses WebSocket upgrades over the per-IP connection rate with HTTP 429.
+
+It sits outside the Litestar app because the refusal must happen before the upgrade, through
+the ASGI ``websocket.http.response`` extension (uvicorn's websockets-sansio implements it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import Any
+
+from services.gateway import metrics
+from shared.config import Settings
+from shared.logs import get_logger
+from shared.ratelimit import KeyedLimiter
+
+__all__ = ["ConnectionGate", "client_ip"]
+
+log = get_logger(__name__)
+
+
+def client_ip(scope: dict[str, Any], trusted: frozenset[str]) -> str:
+    """The socket peer, or the right-most untrusted X-Forwarded-For hop behind trusted proxies."""
+    peer = (scope.get("client") or ("unknown", 0))[0]
+    if peer not in trusted:
+        return str(peer)
+    for name, value in scope.get("headers", []):
+        if name == b"x-forwarded-for":
+            hops = [h.strip() for h in value.decode("latin-1").split(",") if h.strip()]
+            for hop in reversed(hops):
+                if hop not in trusted:
+                    try:
+                        return str(ipaddress.ip_address(hop))
+                    except ValueError:
+                        return str(peer)
+    return str(peer)
+
+
+class ConnectionGate:
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app = app
+        self.trusted = frozenset(settings.trusted_proxies)
+        self.limiter = KeyedLimiter(settings.rate_connections_per_minute)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            ip = client_ip(scope, self.trusted)
+            scope.setdefault("state", {})["client_ip"] = ip
+            if not self.limiter.hit(ip, time.monotonic()):
+                metrics.REJECTED.labels("rate_limited").inc()
+                log.warning("connection rate limit", extra={"ip": ip})
+                await self._refuse(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()  # websocket.connect
+        if "websocket.http.response" in scope.get("extensions", {}):
+            body = b'{"code":"rate_limited","error":"too many connections from this address"}'
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": 429,
+                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"60")],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:  # servers without the extension answer 403; still refused before the upgrade
+            await send({"type": "websocket.close", "code": 1008})

@@ -1,0 +1,275 @@
+"""The life of one WebSocket, whatever the endpoint: auth, limits, decode, dispatch, close.
+
+Endpoint-specific behaviour lives in an ``Endpoint`` (chat, analytics, collaboration); this
+module owns what the protocol says of every socket: the auth handshake and its timeout, token
+expiry and refresh, frame size and rate limits, error frames and close codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
+from litestar import WebSocket
+from litestar.exceptions import WebSocketDisconnect
+
+from services.gateway import metrics
+from services.gateway.connection import Conn
+from services.gateway.hub import Hub
+from shared.auth import AuthFailure, Identity, TokenVerifier
+from shared.config import Settings
+from shared.errors import (
+    CLOSE_AUTH_TIMEOUT,
+    CLOSE_FORBIDDEN,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    CLOSE_UNAUTHORIZED,
+    AGError,
+)
+from shared.logs import get_logger
+from shared.ratelimit import SlidingWindow
+from shared.schemas.wire import AuthData, ClientFrame, decode_client_frame, peek_id
+from shared.schemas.wire import encode_frame as _encode_frame
+from shared.schemas.wire import error_frame as _error_frame
+from shared.timefmt import ms_to_ts, now_ms
+
+__all__ = ["Endpoint", "Reply", "SessionRunner", "frame_text", "error_text"]
+
+log = get_logger(__name__)
+
+Reply = Awaitable[str | None] | str | None
+
+
+def frame_text(type: str, data: Any = None, *, id: str | None = None) -> str:
+    return _encode_frame(type, ms_to_ts(now_ms()), data, id=id).decode()
+
+
+def error_text(exc: AGError, id: str | None = None) -> str:
+    metrics.ERRORS.labels(exc.code).inc()
+    return _error_frame(exc, ms_to_ts(now_ms()), id=id).decode()
+
+
+class Endpoint(Protocol):
+    name: str
+
+    def allowed(self, identity: Identity) -> bool: ...
+
+    async def on_open(self, conn: Conn, last_seq: int | None) -> None: ...
+
+    def handle(self, conn: Conn, frame: ClientFrame) -> Reply: ...
+
+    async def on_close(self, conn: Conn) -> None: ...
+
+
+def _parse_last_seq(value: str | None) -> int | None:
+    if value is None or not value.isdigit():
+        return None
+    return int(value)
+
+
+class SessionRunner:
+    def __init__(self, settings: Settings, hub: Hub, verifier: TokenVerifier) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.verifier = verifier
+
+    async def run(self, socket: WebSocket[Any, Any, Any], endpoint: Endpoint, peer: str) -> None:
+        await socket.accept()
+        conn = Conn(endpoint.name, socket.send, self.settings.outbound_queue, peer)  # type: ignore[arg-type]
+        conn.on_sent = metrics.FRAMES_OUT.labels(endpoint.name).inc
+        conn.start()
+        self.hub.conns.add(conn)
+        metrics.CONNECTIONS.labels(endpoint.name).inc()
+        metrics.CONNECTIONS_TOTAL.labels(endpoint.name).inc()
+        state = _State(self.settings)
+        log.info("connection opened", extra={"connectionId": conn.id, "endpoint": endpoint.name})
+        try:
+            params = socket.query_params
+            if params.get("token") is not None:
+                auth = AuthData(
+                    token=params.get("token"),
+                    contextId=params.get("contextId"),
+                    lastSeq=_parse_last_seq(params.get("lastSeq")),
+                )
+                try:
+                    await self._authenticate(conn, endpoint, state, auth)
+                except AGError as exc:
+                    conn.push(error_text(exc))
+                    conn.close(exc.close or CLOSE_UNAUTHORIZED)
+            await self._loop(socket, conn, endpoint, state)
+        finally:
+            state.cancel_expiry()
+            if conn.joined:
+                try:
+                    await endpoint.on_close(conn)
+                except Exception:
+                    log.exception("endpoint close failed", extra={"connectionId": conn.id})
+            self.hub.conns.discard(conn)
+            await conn.stop()
+            metrics.CONNECTIONS.labels(endpoint.name).dec()
+            code = conn.close_code if conn.close_code is not None else state.peer_code
+            metrics.CLOSES.labels(str(code)).inc()
+            log.info(
+                "connection closed",
+                extra={
+                    "connectionId": conn.id,
+                    "code": code,
+                    "userId": conn.user_id,
+                    "contextId": conn.context_id,
+                },
+            )
+
+    async def _loop(
+        self, socket: WebSocket[Any, Any, Any], conn: Conn, endpoint: Endpoint, state: _State
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.auth_timeout_s
+        while True:
+            timeout = None if conn.identity or conn.closed else max(deadline - loop.time(), 0)
+            try:
+                event = await asyncio.wait_for(socket.receive(), timeout)
+            except TimeoutError:
+                conn.push(error_text(AGError("unauthenticated", "no auth frame in time")))
+                conn.close(CLOSE_AUTH_TIMEOUT, "authentication timeout")
+                deadline = float("inf")
+                continue
+            except WebSocketDisconnect as exc:
+                state.peer_code = exc.code if exc.code is not None else 1006
+                return
+            if event["type"] == "websocket.disconnect":
+                state.peer_code = event.get("code", 1000)
+                return
+            if conn.closed:
+                continue  # the close handshake is under way; ignore what still arrives
+            try:
+                await self._frame(conn, endpoint, state, dict(event))
+            except AGError as exc:
+                conn.push(error_text(exc))
+                if exc.close:
+                    conn.close(exc.close)
+
+    async def _frame(
+        self, conn: Conn, endpoint: Endpoint, state: _State, event: dict[str, Any]
+    ) -> None:
+        text: str | None = event.get("text")
+        now = time.monotonic()
+        if text is None:
+            size = len(event.get("bytes") or b"")
+            if size > self.settings.max_frame_bytes:
+                return await self._oversize(conn, state, now, None)
+            self._count(conn, state, now)
+            await conn.reply(
+                error_text(AGError("invalid_message", "binary frames are not accepted"))
+            )
+            return
+        if len(text) * 4 > self.settings.max_frame_bytes:  # cheap bound before measuring
+            if len(text.encode("utf-8", "surrogatepass")) > self.settings.max_frame_bytes:
+                return await self._oversize(conn, state, now, peek_id(text[:4096]))
+        try:
+            frame = decode_client_frame(endpoint.name, text)
+        except AGError as exc:
+            metrics.FRAMES_IN.labels(endpoint.name, "invalid").inc()
+            self._count(conn, state, now)
+            await conn.reply(error_text(exc, peek_id(text)))
+            return
+        metrics.FRAMES_IN.labels(endpoint.name, frame.type).inc()
+        if frame.type == "ping":
+            await conn.reply(frame_text("pong", {}, id=frame.id))
+            return
+        self._count(conn, state, now)
+        if frame.type == "auth":
+            if conn.identity is not None:
+                raise AGError("invalid_message", "already authenticated; use refresh")
+            await self._authenticate(conn, endpoint, state, frame.data)
+            return
+        if conn.identity is None:
+            await conn.reply(error_text(AGError("unauthenticated", "send auth first"), frame.id))
+            return
+        if frame.type == "refresh":
+            await conn.reply(self._refresh(conn, state, frame))
+            return
+        await conn.reply(endpoint.handle(conn, frame))
+
+    def _count(self, conn: Conn, state: _State, now: float) -> None:
+        if not state.frames.hit(now):
+            log.warning("frame rate limit", extra={"connectionId": conn.id, "userId": conn.user_id})
+            raise AGError("rate_limited", "too many frames", close=CLOSE_POLICY)
+
+    async def _oversize(self, conn: Conn, state: _State, now: float, cid: str | None) -> None:
+        if not state.oversize.hit(now):
+            conn.close(CLOSE_TOO_BIG, "frames too large")
+            return
+        limit = self.settings.max_frame_bytes
+        await conn.reply(
+            error_text(
+                AGError("too_large", f"frame exceeds {limit} bytes", data={"limit": limit}), cid
+            )
+        )
+
+    async def _authenticate(
+        self, conn: Conn, endpoint: Endpoint, state: _State, auth: AuthData
+    ) -> None:
+        try:
+            identity = self.verifier.verify(auth.token or "", time.time())
+        except AuthFailure as exc:
+            metrics.AUTH_FAILURES.labels(exc.reason).inc()
+            log.info("auth failed", extra={"connectionId": conn.id, "reason": exc.reason})
+            raise AGError("unauthenticated", "invalid token", close=CLOSE_UNAUTHORIZED) from None
+        context_id = auth.contextId
+        if not context_id or not identity.allows(context_id):
+            metrics.AUTH_FAILURES.labels("context").inc()
+            log.info("context refused", extra={"connectionId": conn.id, "userId": identity.user_id})
+            raise AGError("forbidden", "token does not allow this context", close=CLOSE_FORBIDDEN)
+        if not endpoint.allowed(identity):
+            metrics.AUTH_FAILURES.labels("role").inc()
+            raise AGError("forbidden", "role not allowed on this endpoint", close=CLOSE_FORBIDDEN)
+        conn.identity = identity
+        conn.context_id = context_id
+        state.schedule_expiry(conn)
+        await endpoint.on_open(conn, auth.lastSeq)
+        conn.joined = True
+
+    def _refresh(self, conn: Conn, state: _State, frame: ClientFrame) -> str:
+        assert conn.identity is not None and conn.context_id is not None
+        try:
+            new = self.verifier.verify(frame.data.token or "", time.time())
+        except AuthFailure as exc:
+            metrics.AUTH_FAILURES.labels(exc.reason).inc()
+            return error_text(AGError("unauthenticated", "invalid refresh token"), frame.id)
+        if new.user_id != conn.identity.user_id or not new.allows(conn.context_id):
+            return error_text(
+                AGError("forbidden", "token is for another user or context"), frame.id
+            )
+        conn.identity = new
+        state.schedule_expiry(conn)
+        return frame_text(
+            "refreshed", {"expiresAt": ms_to_ts(int(new.expires_at * 1000))}, id=frame.id
+        )
+
+
+class _State:
+    """Per-connection limits and timers (kept out of Conn, which is the outbound side)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.frames = SlidingWindow(settings.rate_frames_per_minute)
+        self.oversize = SlidingWindow(2)  # the third oversize frame in a minute closes
+        self.peer_code: int | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+
+    def schedule_expiry(self, conn: Conn) -> None:
+        assert conn.identity is not None
+        self.cancel_expiry()
+        delay = max(conn.identity.expires_at - time.time(), 0)
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire, conn)
+
+    def cancel_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    @staticmethod
+    def _expire(conn: Conn) -> None:
+        conn.push(error_text(AGError("token_expired", "token expired; refresh it")))
+        conn.close(CLOSE_UNAUTHORIZED, "token expired")

@@ -1,0 +1,1 @@
+"""Code shared by every Atomic Guide realtime service: schemas, subjects, auth, settings."""

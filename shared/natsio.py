@@ -1,0 +1,98 @@
+"""NATS connection and log-replay helpers shared by the services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from shared.config import Settings
+from shared.logs import get_logger
+
+__all__ = ["connect", "replay", "stream_seq", "streams_exist"]
+
+log = get_logger(__name__)
+
+
+async def connect(settings: Settings, name: str, **kwargs: Any) -> NATS:
+    """Connect with unbounded reconnects: a NATS restart must not kill a service."""
+
+    async def _disconnected() -> None:
+        log.warning("nats disconnected")
+
+    async def _reconnected() -> None:
+        log.info("nats reconnected")
+
+    async def _error(exc: Exception) -> None:
+        log.warning("nats error", extra={"error": repr(exc)})
+
+    return await nats.connect(
+        servers=settings.nats_servers,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        disconnected_cb=_disconnected,
+        reconnected_cb=_reconnected,
+        error_cb=_error,
+        **kwargs,
+    )
+
+
+def stream_seq(msg: Msg) -> int:
+    return int(msg.metadata.sequence.stream)
+
+
+async def replay(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    *,
+    start_seq: int = 1,
+    batch: int = 1000,
+    fetch_timeout: float = 1.0,
+) -> AsyncIterator[Msg]:
+    """Yield every stored message on ``subject`` from ``start_seq`` up to the end of the log
+    as it stands when the replay catches up (an ephemeral, unacked pull consumer)."""
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=max(start_seq, 1),
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=60.0,
+        mem_storage=True,
+        max_ack_pending=-1,
+    )
+    psub = await js.pull_subscribe(subject, stream=stream, config=config)
+    try:
+        info = await psub.consumer_info()
+        pending = info.num_pending
+        while pending:
+            try:
+                msgs = await psub.fetch(min(batch, pending), timeout=fetch_timeout)
+            except (TimeoutError, nats.errors.TimeoutError):
+                info = await psub.consumer_info()
+                pending = info.num_pending
+                continue
+            for msg in msgs:
+                yield msg
+            pending = msgs[-1].metadata.num_pending if msgs else pending
+    finally:
+        try:
+            await psub.unsubscribe()
+        except Exception:  # the consumer is ephemeral; it expires on its own
+            pass
+
+
+async def streams_exist(js: JetStreamContext) -> bool:
+    from shared import subjects
+
+    try:
+        for name in (subjects.EVENTS_STREAM, subjects.COMMANDS_STREAM):
+            await js.stream_info(name)
+    except Exception:
+        return False
+    return True

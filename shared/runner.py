@@ -1,0 +1,58 @@
+"""Process entry points for services: settings, logging, NATS, signals, orderly shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from nats.aio.client import Client as NATS
+from prometheus_client import start_http_server
+
+from shared.config import Settings, load_settings
+from shared.logs import get_logger, setup_logging
+from shared.natsio import connect
+
+__all__ = ["Service", "run_service"]
+
+log = get_logger(__name__)
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def run_service(name: str, factory: Callable[[Settings, NATS], Service]) -> None:
+    settings = load_settings()
+    setup_logging(name, settings.log_format, settings.log_level)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.gateway_host)
+    asyncio.run(_main(name, settings, factory))
+
+
+async def _main(
+    name: str, settings: Settings, factory: Callable[[Settings, NATS], Service]
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    nc = await connect(settings, name)
+    service = factory(settings, nc)
+    await _guarded(service.start, name, "start")
+    log.info("service started")
+    await stop.wait()
+    log.info("service stopping")
+    await _guarded(service.stop, name, "stop")
+    await nc.drain()
+    log.info("service stopped")
+
+
+async def _guarded(step: Callable[[], Awaitable[None]], name: str, what: str) -> None:
+    try:
+        await step()
+    except Exception:
+        log.exception(f"{name} failed to {what}")
+        raise

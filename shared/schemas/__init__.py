@@ -1,0 +1,1 @@
+"""Wire frames, commands and events: the one schema source (msgspec Structs)."""

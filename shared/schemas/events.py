@@ -1,0 +1,117 @@
+"""Events in the log (stream AG_EVENTS) and the commands/results services exchange.
+
+Evolution rules: a stored event's ``type`` tag never changes; new fields get defaults; an
+incompatible change gets a new tag and the old one is upcast on read. Times are epoch ms (``ts``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+__all__ = [
+    "Event",
+    "ChatMessagePosted",
+    "UserJoined",
+    "UserLeft",
+    "AssessmentSubmitted",
+    "EditApplied",
+    "ParticipantJoined",
+    "ParticipantLeft",
+    "decode_event",
+    "encode_event",
+]
+
+
+class _Event(Struct, frozen=True, tag_field="type", kw_only=True):
+    contextId: str
+    ts: int
+
+
+class ChatMessagePosted(_Event, frozen=True, tag="chat.message"):
+    messageId: str
+    seq: int
+    userId: str
+    userName: str
+    content: str
+    messageType: str = "text"
+    clientId: str | None = None
+
+
+class UserJoined(_Event, frozen=True, tag="chat.user_joined"):
+    userId: str
+    userName: str
+
+
+class UserLeft(_Event, frozen=True, tag="chat.user_left"):
+    userId: str
+    userName: str
+
+
+Score = Annotated[float, Meta(ge=0)]
+
+
+class AssessmentSubmitted(_Event, frozen=True, tag="learning.assessment_submitted"):
+    userId: Annotated[str, Meta(min_length=1, max_length=256)]
+    assessmentId: Annotated[str, Meta(min_length=1, max_length=256)]
+    score: Score
+    maxScore: Annotated[float, Meta(gt=0)]
+    completed: bool = True
+
+
+class EditApplied(_Event, frozen=True, tag="collab.edit"):
+    sessionId: str
+    version: int
+    operation: Literal["insert", "delete"]
+    position: int
+    userId: str
+    userName: str
+    content: str = ""
+    length: int = 0
+    clientId: str | None = None
+    part: int = 0  # 0, or 1 for the second half of a delete split by a concurrent insert
+
+
+class ParticipantJoined(_Event, frozen=True, tag="collab.participant_joined"):
+    sessionId: str
+    userId: str
+    userName: str
+    role: str
+
+
+class ParticipantLeft(_Event, frozen=True, tag="collab.participant_left"):
+    sessionId: str
+    userId: str
+    userName: str
+
+
+class DocumentSnapshot(_Event, frozen=True, tag="collab.snapshot"):
+    sessionId: str
+    version: int
+    content: str
+
+
+Event = (
+    ChatMessagePosted
+    | UserJoined
+    | UserLeft
+    | AssessmentSubmitted
+    | EditApplied
+    | ParticipantJoined
+    | ParticipantLeft
+    | DocumentSnapshot
+)
+
+_DECODER = msgspec.json.Decoder(Event)
+_ENCODER = msgspec.json.Encoder()
+
+
+def decode_event(raw: bytes) -> Event:
+    event: Event = _DECODER.decode(raw)
+    return event
+
+
+def encode_event(event: Event) -> bytes:
+    return _ENCODER.encode(event)

@@ -1,0 +1,125 @@
+"""Every NATS subject and stream name, in one place. Subjects are an API.
+
+Aggregate ids (context, session) are subject tokens, so per-room reads and optimistic
+concurrency with ``Nats-Expected-Last-Subject-Sequence`` work. Ids that are not plain
+``[A-Za-z0-9_-]`` are encoded reversibly (``~`` + base64url) because ``.``, ``*``, ``>`` and
+whitespace are not allowed inside a token.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+__all__ = [
+    "EVENTS_STREAM",
+    "COMMANDS_STREAM",
+    "token",
+    "untoken",
+]
+
+EVENTS_STREAM = "AG_EVENTS"
+COMMANDS_STREAM = "AG_CMDS"
+EVENTS_ALL = "ag.evt.>"
+COMMANDS_ALL = "ag.cmd.>"
+
+_PLAIN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def token(value: str) -> str:
+    if _PLAIN.fullmatch(value):
+        return value
+    return "~" + base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def untoken(tok: str) -> str:
+    if not tok.startswith("~"):
+        return tok
+    raw = tok[1:]
+    return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+
+
+# --- event log (JetStream, AG_EVENTS) -------------------------------------------------------
+def chat_messages(context_id: str) -> str:
+    return f"ag.evt.chat.{token(context_id)}.message"
+
+
+def chat_presence(context_id: str) -> str:
+    return f"ag.evt.chat.{token(context_id)}.presence"
+
+
+CHAT_EVENTS_ALL = "ag.evt.chat.>"
+CHAT_MESSAGES_ALL = "ag.evt.chat.*.message"
+CHAT_PRESENCE_ALL = "ag.evt.chat.*.presence"
+
+
+def collab_edits(context_id: str, session_id: str) -> str:
+    return f"ag.evt.collab.{token(context_id)}.{token(session_id)}.edit"
+
+
+def collab_presence(context_id: str, session_id: str) -> str:
+    return f"ag.evt.collab.{token(context_id)}.{token(session_id)}.presence"
+
+
+def collab_snapshots(context_id: str, session_id: str) -> str:
+    return f"ag.evt.collab.{token(context_id)}.{token(session_id)}.snapshot"
+
+
+COLLAB_EVENTS_ALL = "ag.evt.collab.>"
+
+
+def learning(context_id: str, kind: str) -> str:
+    return f"ag.evt.learning.{token(context_id)}.{kind}"
+
+
+LEARNING_ALL = "ag.evt.learning.>"
+
+
+# --- commands (JetStream, AG_CMDS, work queue) ------------------------------------------------
+def chat_commands(context_id: str) -> str:
+    return f"ag.cmd.chat.{token(context_id)}"
+
+
+CHAT_COMMANDS_ALL = "ag.cmd.chat.>"
+
+
+def collab_commands(context_id: str, session_id: str) -> str:
+    return f"ag.cmd.collab.{token(context_id)}.{token(session_id)}"
+
+
+COLLAB_COMMANDS_ALL = "ag.cmd.collab.>"
+
+
+# --- live fan-out (core NATS, not stored) -----------------------------------------------------
+def chat_live(context_id: str) -> str:
+    return f"ag.live.chat.{token(context_id)}"
+
+
+def collab_live(context_id: str, session_id: str) -> str:
+    return f"ag.live.collab.{token(context_id)}.{token(session_id)}"
+
+
+def metrics_live(context_id: str) -> str:
+    return f"ag.live.metrics.{token(context_id)}"
+
+
+METRICS_LIVE_ALL = "ag.live.metrics.>"
+
+
+def gateway_replies(gateway_id: str) -> str:
+    """Where services send command results for the sockets of one gateway."""
+    return f"ag.reply.{token(gateway_id)}"
+
+
+# --- request/reply (core NATS) ---------------------------------------------------------------
+RPC_CHAT_HISTORY = "ag.rpc.chat.history"
+RPC_CHAT_PRESENCE = "ag.rpc.chat.presence"
+RPC_COLLAB = "ag.rpc.collab"
+RPC_METRICS_CURRENT = "ag.rpc.metrics.current"
+GATEWAY_HEARTBEAT = "ag.gw.heartbeat"
+
+
+# --- headers on live frames -------------------------------------------------------------------
+HDR_EXCEPT_USER = "AG-Except-User"  # do not deliver to this user's sockets
+HDR_DROPPABLE = "AG-Droppable"  # ephemeral frame: drop rather than close a slow socket
+HDR_SEQ = "AG-Seq"  # chat message seq, so a recovering socket skips what it replayed

@@ -119,6 +119,15 @@ async def _provision(settings: Any) -> None:
         await nc.close()
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    from ops.stack import resolve_settings
+
+    settings = resolve_settings(data_dir=args.data_dir)
+    asyncio.run(_provision(settings))
+    print(f"streams ready on {settings.nats_url} (replicas {settings.stream_replicas})")
+    return 0
+
+
 # --- token -------------------------------------------------------------------------------------
 def cmd_token(args: argparse.Namespace) -> int:
     from ops.stack import resolve_settings
@@ -190,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--algorithm")
     tok.add_argument("--data-dir", type=Path)
     tok.set_defaults(func=cmd_token)
+
+    pv = sub.add_parser("provision", help="create or update the streams (idempotent)")
+    pv.add_argument("--data-dir", type=Path)
+    pv.set_defaults(func=cmd_provision)
 
     st = sub.add_parser("streams", help="streams, consumers, message counts")
     st.add_argument("--json", action="store_true")

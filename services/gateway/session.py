@@ -181,7 +181,9 @@ class SessionRunner:
         self._count(conn, state, now)
         if frame.type == "auth":
             if conn.identity is not None:
-                raise AGError("invalid_message", "already authenticated; use refresh")
+                exc = AGError("invalid_message", "already authenticated; use refresh")
+                await conn.reply(error_text(exc, frame.id))
+                return
             await self._authenticate(conn, endpoint, state, frame.data)
             return
         if conn.identity is None:

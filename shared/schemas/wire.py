@@ -185,7 +185,7 @@ def peek_id(raw: bytes | str) -> str | None:
 class ServerFrame(Struct, omit_defaults=True):
     type: str
     timestamp: str
-    data: Any = msgspec.field(default_factory=dict)
+    data: Any  # always present, `{}` when empty
     id: str | None = None
     error: str | None = None
 

@@ -1,0 +1,70 @@
+"""Fixtures that start real parts: a nats-server with JetStream and the services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ops.natsd import NatsServer, start_nats
+from tests.helpers import Stack, wait_chat_ready
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = start_nats(tmp_path / "nats-data", sync_interval="always", log_file=tmp_path / "nats.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    return nats_server.url
+
+
+async def _provision(url: str) -> None:
+    import nats
+
+    from ops.streams import ensure_streams
+
+    nc = await nats.connect(url)
+    try:
+        await ensure_streams(nc.jetstream())
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+async def make_stack(tmp_path: Path, nats_url: str) -> AsyncIterator[Callable[..., Any]]:
+    """Start chat + gateways against the test's nats-server: ``await make_stack(env={...})``."""
+    stacks: list[Stack] = []
+    await _provision(nats_url)
+
+    async def make(env: dict[str, str] | None = None, gateways: int = 1, chat: bool = True) -> Stack:
+        stack = Stack(tmp_path / f"stack{len(stacks)}", nats_url, env)
+        stack.tmp.mkdir(parents=True, exist_ok=True)
+        stacks.append(stack)
+        if chat:
+            stack.start_service("chat")
+            await wait_chat_ready(nats_url)
+        for _ in range(gateways):
+            stack.start_gateway()
+        return stack
+
+    try:
+        yield make
+    finally:
+        for s in stacks:
+            s.stop()
+
+
+@pytest.fixture
+async def stack(make_stack: Callable[..., Any]) -> Stack:
+    result: Stack = await make_stack()
+    return result

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from shared.auth import AuthFailure, TokenVerifier, mint_token
+from shared.config import ConfigError, load_settings
+
+SECRET = "s" * 48
+NOW = 1_800_000_000.0
+
+
+def verifier(**env: str) -> TokenVerifier:
+    return TokenVerifier(load_settings({"AG_JWT_SECRET": SECRET, **env}))
+
+
+def enc(claims: dict, key: str = SECRET, alg: str = "HS256") -> str:
+    return jwt.encode(claims, key, algorithm=alg)
+
+
+def test_valid_token_yields_identity_with_contexts_roles_and_name_fallback() -> None:
+    ident = verifier().verify(
+        enc({"sub": "u1", "exp": NOW + 60, "context_ids": ["a", "b"], "roles": ["instructor"]}),
+        NOW,
+    )
+    assert ident.user_id == "u1" and ident.name == "u1"
+    assert ident.contexts == {"a", "b"} and ident.roles == ("instructor",)
+    assert ident.allows("a") and not ident.allows("c")
+
+
+def test_missing_roles_mean_learner_and_unknown_roles_are_ignored() -> None:
+    ident = verifier().verify(enc({"sub": "u", "exp": NOW + 60, "roles": ["root"]}), NOW)
+    assert ident.roles == ("learner",)
+
+
+def test_lti_context_and_role_claims_are_read() -> None:
+    ident = verifier().verify(
+        enc(
+            {
+                "sub": "u",
+                "exp": NOW + 60,
+                "https://purl.imsglobal.org/spec/lti/claim/context": {"id": "lti-ctx"},
+                "https://purl.imsglobal.org/spec/lti/claim/roles": [
+                    "http://purl.imsglobal.org/vocab/lis/v2/institution/person#Administrator",
+                    "http://purl.imsglobal.org/vocab/lis/v2/membership#Learner",
+                ],
+            }
+        ),
+        NOW,
+    )
+    assert ident.contexts == {"lti-ctx"} and ident.roles == ("admin", "learner")
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"sub": "u"}, "MissingRequiredClaimError"),
+        ({"exp": NOW + 60}, "MissingRequiredClaimError"),
+        ({"sub": "u", "exp": NOW}, "expired"),
+        ({"sub": "u", "exp": "tomorrow"}, "exp is not a number"),
+        ({"sub": 5, "exp": NOW + 60}, "Subject"),
+        ({"sub": "u", "exp": NOW + 60, "nbf": NOW + 30}, "not yet valid"),
+    ],
+)
+def test_required_claims_and_times_are_checked_against_the_given_now(claims: dict, reason: str) -> None:
+    with pytest.raises(AuthFailure) as info:
+        verifier().verify(enc(claims), NOW)
+    assert reason in info.value.reason
+
+
+def test_leeway_extends_expiry() -> None:
+    token = enc({"sub": "u", "exp": NOW - 5})
+    assert verifier(AG_JWT_LEEWAY_S="10").verify(token, NOW).expires_at == NOW + 5
+
+
+def test_algorithm_allow_list_is_the_servers_not_the_tokens() -> None:
+    none_token = jwt.encode({"sub": "u", "exp": NOW + 60}, None, algorithm="none")
+    hs512 = enc({"sub": "u", "exp": NOW + 60}, alg="HS512")
+    for tok in (none_token, hs512):
+        with pytest.raises(AuthFailure):
+            verifier().verify(tok, NOW)
+
+
+def test_issuer_and_audience_are_checked_when_configured() -> None:
+    v = verifier(AG_JWT_ISSUER="https://lms", AG_JWT_AUDIENCE="atomic")
+    good = enc({"sub": "u", "exp": NOW + 60, "iss": "https://lms", "aud": "atomic"})
+    assert v.verify(good, NOW).user_id == "u"
+    for claims in ({"iss": "https://evil", "aud": "atomic"}, {"iss": "https://lms", "aud": "x"}, {}):
+        with pytest.raises(AuthFailure):
+            v.verify(enc({"sub": "u", "exp": NOW + 60, **claims}), NOW)
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_asymmetric_tokens_verify_with_the_configured_public_key(tmp_path: Path, alg: str) -> None:
+    key = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if alg == "RS256"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    pub = tmp_path / "pub.pem"
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    settings = load_settings({"AG_JWT_ALGORITHMS": alg, "AG_JWT_PUBLIC_KEY": str(pub)})
+    v = TokenVerifier(settings)
+    tok = mint_token(settings, sub="u", contexts=["c"], now=NOW, private_key=pem, algorithm=alg)
+    assert v.verify(tok, NOW).allows("c")
+    # an HS256 token signed with the public key text (key confusion) is refused
+    forged = jwt.encode({"sub": "u", "exp": NOW + 60}, "x" * 64, algorithm="HS256")
+    with pytest.raises(AuthFailure):
+        v.verify(forged, NOW)
+
+
+def test_mixing_symmetric_and_asymmetric_algorithms_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        verifier(AG_JWT_ALGORITHMS="HS256,RS256")
+
+
+def test_minted_dev_token_round_trips() -> None:
+    settings = load_settings({"AG_JWT_SECRET": SECRET})
+    tok = mint_token(settings, sub="a", name="A", contexts=["c1", "c2"], roles=["admin"], ttl=60,
+                     now=time.time())
+    ident = TokenVerifier(settings).verify(tok, time.time())
+    assert ident.name == "A" and ident.contexts == {"c1", "c2"} and ident.roles == ("admin",)

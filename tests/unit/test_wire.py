@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import AGError
+from shared.schemas.wire import (
+    AuthData,
+    ChatMessageIn,
+    decode_client_frame,
+    encode_frame,
+    peek_id,
+)
+from shared.subjects import token, untoken
+
+
+def code(endpoint: str, raw: str | bytes) -> str:
+    with pytest.raises(AGError) as info:
+        decode_client_frame(endpoint, raw)
+    return info.value.code
+
+
+def test_valid_message_decodes_with_defaults() -> None:
+    f = decode_client_frame("chat", '{"type":"message","id":"a","data":{"content":"hi"}}')
+    assert f.id == "a" and f.data == ChatMessageIn(content="hi", messageType="text")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("{", "invalid_json"),
+        ("", "invalid_json"),
+        ("NaN", "invalid_json"),
+        ('{"type":"message","data":{"content":NaN}}', "invalid_json"),
+        ("[]", "invalid_message"),
+        ('"message"', "invalid_message"),
+        ('{"data":{}}', "invalid_message"),
+        ('{"type":5}', "invalid_message"),
+        ('{"type":"message","id":5,"data":{"content":"x"}}', "invalid_message"),
+        ('{"type":"message","id":"' + "x" * 65 + '","data":{"content":"x"}}', "invalid_message"),
+        ('{"type":"message","data":{"content":"' + "x" * 4001 + '"}}', "invalid_message"),
+        ('{"type":"typing","data":{"isTyping":"true"}}', "invalid_message"),
+        ('{"type":"history","data":{"limit":0}}', "invalid_message"),
+        ('{"type":"history","data":{"beforeSeq":-1}}', "invalid_message"),
+        ('{"type":"history","data":{"limit":5.0}}', "invalid_message"),
+        ('{"type":"message","data":{"content":"\\udc00"}}', "invalid_message"),
+        ('{"type":"\\ud800"}', "invalid_message"),
+        ('{"type":"edit","data":{}}', "unknown_type"),
+        ('{"type":"connected"}', "unknown_type"),
+    ],
+)
+def test_chat_frames_are_refused_with_the_protocol_code(raw: str, expected: str) -> None:
+    assert code("chat", raw) == expected
+
+
+def test_valid_surrogate_pairs_are_fine() -> None:
+    f = decode_client_frame("chat", '{"type":"message","data":{"content":"\\ud83d\\ude00"}}')
+    assert f.data.content == "😀"
+
+
+def test_auth_fields_at_top_level_or_in_data() -> None:
+    top = decode_client_frame("chat", '{"type":"auth","token":"t","contextId":"c","lastSeq":4}')
+    inside = decode_client_frame("chat", '{"type":"auth","data":{"token":"t","contextId":"c"}}')
+    assert top.data == AuthData("t", "c", 4) and inside.data == AuthData("t", "c", None)
+
+
+def test_metrics_subscribe_requires_known_metrics() -> None:
+    assert code("analytics", '{"type":"subscribe","data":{"metrics":[]}}') == "invalid_message"
+    assert code("analytics", '{"type":"subscribe","data":{"metrics":["x"]}}') == "invalid_message"
+    ok = decode_client_frame("analytics", '{"type":"subscribe","data":{"metrics":["activity"]}}')
+    assert ok.data.metrics == ["activity"]
+
+
+def test_server_frames_always_carry_data_and_omit_absent_id() -> None:
+    assert encode_frame("pong", "2026-01-05T09:30:00.123Z") == (
+        b'{"type":"pong","timestamp":"2026-01-05T09:30:00.123Z","data":{}}'
+    )
+    assert b'"id":"x"' in encode_frame("ack", "t", {"seq": 1}, id="x")
+
+
+def test_peek_id_recovers_the_correlation_id_of_a_bad_frame() -> None:
+    assert peek_id('{"id":"abc","type":1}') == "abc"
+    assert peek_id("{bad") is None and peek_id('{"id":7}') is None
+
+
+@pytest.mark.parametrize("value", ["course-1", "a.b", "with space", "ünï", "*", ">", "~x"])
+def test_subject_tokens_are_safe_and_reversible(value: str) -> None:
+    tok = token(value)
+    assert not set(tok) & set(". *>\t") and untoken(tok) == value

@@ -178,6 +178,17 @@ def cmd_streams(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(f"ops.bench.{args.target}")
+    if hasattr(module, "main"):
+        module.main(args.rest)
+    else:
+        print(json.dumps(module.run(), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="atomic-guide", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -208,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.add_argument("--data-dir", type=Path)
     st.set_defaults(func=cmd_streams)
+    be = sub.add_parser("bench", help="benchmarks: chat, ot, collab, analytics (--help each)")
+    be.add_argument("target", choices=["chat", "ot", "collab", "analytics"])
+    be.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
+    be.set_defaults(func=cmd_bench)
     return p
 
 

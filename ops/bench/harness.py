@@ -1,0 +1,124 @@
+"""A throwaway stack for benchmarks: its own nats-server and services on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ops.natsd import NatsServer, start_nats
+
+__all__ = ["BenchStack"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BenchStack:
+    def __init__(
+        self,
+        services: list[str],
+        env: dict[str, str] | None = None,
+        sync_interval: str = "always",
+    ) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="ag-bench-"))
+        self.services = services
+        self.sync_interval = sync_interval
+        self.secret = secrets.token_urlsafe(48)
+        self.port = _free_port()
+        self.env = {
+            **os.environ,
+            "AG_JWT_SECRET": self.secret,
+            "AG_DATA_DIR": str(self.dir),
+            "AG_GATEWAY_PORT": str(self.port),
+            "AG_LOG_LEVEL": "warning",
+            "AG_RATE_CONNECTIONS_PER_MINUTE": "1000000",
+            "AG_RATE_FRAMES_PER_MINUTE": "100000000",
+            "AG_RATE_BROADCASTS_PER_MINUTE": "100000000",
+            "AG_OUTBOUND_QUEUE": "100000",
+            **(env or {}),
+        }
+        self.nats: NatsServer | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> BenchStack:
+        self.nats = start_nats(self.dir, self.sync_interval, self.dir / "nats.log")
+        self.env["AG_NATS_URL"] = self.nats.url
+        asyncio.run(self._provision())
+        for name in self.services:
+            log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", f"services.{name}"], env=self.env, stdout=log, stderr=log
+                )
+            )
+        deadline = time.monotonic() + 60
+        while not self._ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"bench stack not ready; logs in {self.dir}")
+            time.sleep(0.1)  # polling readiness of other processes
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        for p in reversed(self.procs):
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if self.nats:
+            self.nats.stop()
+
+    async def _provision(self) -> None:
+        import nats
+
+        from ops.streams import ensure_streams
+
+        assert self.nats is not None
+        nc = await nats.connect(self.nats.url)
+        await ensure_streams(nc.jetstream())
+        await nc.close()
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
+                if r.status != 200:
+                    return False
+        except Exception:
+            return False
+        return asyncio.run(self._chat_ready()) if "chat" in self.services else True
+
+    async def _chat_ready(self) -> bool:
+        import nats
+
+        assert self.nats is not None
+        nc = await nats.connect(self.nats.url)
+        try:
+            await nc.request("ag.rpc.chat.history", b'{"contextId":"__probe__"}', timeout=1)
+            return True
+        except Exception:
+            return False
+        finally:
+            await nc.close()
+
+    def token(self, sub: str, context: str, roles: tuple[str, ...] = ("learner",)) -> str:
+        from shared.auth import mint_token
+        from shared.config import load_settings
+
+        settings = load_settings({"AG_JWT_SECRET": self.secret})
+        return mint_token(settings, sub=sub, contexts=[context], roles=roles, now=time.time())
+
+    def ws_url(self, path: str, token: str, context: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}?contextId={context}&token={token}"

@@ -54,6 +54,11 @@ class Settings:
     # Analytics and collaboration
     metrics_window_s: int = 900
     doc_max_bytes: int = 1048576
+    # Analytics aggregator: events per DuckDB transaction, periodic recompute, ad-hoc SQL
+    analytics_batch: int = 1000
+    metrics_tick_s: float = 5.0
+    query_timeout_s: float = 30.0
+    query_max_rows: int = 10000
     # NATS server (embedded) durability: "always" fsyncs before every ack
     nats_sync_interval: str = "always"
     stream_replicas: int = 1  # 3 on a NATS cluster
@@ -91,6 +96,10 @@ _POSITIVE = {
     "command_timeout_s",
     "metrics_window_s",
     "doc_max_bytes",
+    "analytics_batch",
+    "metrics_tick_s",
+    "query_timeout_s",
+    "query_max_rows",
     "heartbeat_s",
     "stream_replicas",
 }

@@ -116,6 +116,7 @@ RPC_CHAT_HISTORY = "ag.rpc.chat.history"
 RPC_CHAT_PRESENCE = "ag.rpc.chat.presence"
 RPC_COLLAB = "ag.rpc.collab"
 RPC_METRICS_CURRENT = "ag.rpc.metrics.current"
+RPC_ANALYTICS_QUERY = "ag.rpc.analytics.query"  # read-only ad-hoc SQL on the aggregator
 GATEWAY_HEARTBEAT = "ag.gw.heartbeat"
 
 
@@ -123,3 +124,5 @@ GATEWAY_HEARTBEAT = "ag.gw.heartbeat"
 HDR_EXCEPT_USER = "AG-Except-User"  # do not deliver to this user's sockets
 HDR_DROPPABLE = "AG-Droppable"  # ephemeral frame: drop rather than close a slow socket
 HDR_SEQ = "AG-Seq"  # chat message seq, so a recovering socket skips what it replayed
+HDR_METRIC = "AG-Metric"  # metric_update frames: which metric, so gateways filter
+HDR_VERSION = "AG-Version"  # metric_update frames: increasing computation version

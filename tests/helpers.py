@@ -62,7 +62,12 @@ def token(
     settings = load_settings({"AG_JWT_SECRET": secret})
     contexts = [context] if isinstance(context, str) else context
     return mint_token(
-        settings, sub=sub, name=name or sub.title(), contexts=contexts, roles=roles, ttl=ttl,
+        settings,
+        sub=sub,
+        name=name or sub.title(),
+        contexts=contexts,
+        roles=roles,
+        ttl=ttl,
         now=time.time(),
     )
 
@@ -143,8 +148,11 @@ class Stack:
         proc = Proc(f"gateway{idx}", "services.gateway", genv, self.tmp / f"gateway{idx}.log")
         proc.start()
         self.gateways.append((proc, port))
-        wait_until(lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200, 30,
-                   f"gateway on {port} ready\n{proc.tail()}")
+        wait_until(
+            lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200,
+            30,
+            f"gateway on {port} ready\n{proc.tail()}",
+        )
         return port
 
     def url(self, path: str = "/api/chat/ws", gateway: int = 0, **query: Any) -> str:
@@ -219,7 +227,9 @@ class Client:
                 return frame
             self.seen.append(frame)
 
-    async def request(self, frame: dict[str, Any], reply: str, timeout: float = 5) -> dict[str, Any]:
+    async def request(
+        self, frame: dict[str, Any], reply: str, timeout: float = 5
+    ) -> dict[str, Any]:
         await self.send(frame)
         return await self.expect(reply, timeout, where=lambda f: f.get("id") == frame.get("id"))
 

@@ -49,7 +49,9 @@ def _subscribers(url_tokens: list[str], counter: Synchronized[int], ready: Any) 
     asyncio.run(main())
 
 
-async def _sender(url: str, rate: float, duration: float, counter: Any, expected_per_msg: int) -> dict[str, Any]:
+async def _sender(
+    url: str, rate: float, duration: float, counter: Any, expected_per_msg: int
+) -> dict[str, Any]:
     sent: dict[str, float] = {}
     lat: list[float] = []
     errors = 0
@@ -62,7 +64,7 @@ async def _sender(url: str, rate: float, duration: float, counter: Any, expected
         async def reader(total: int) -> None:
             nonlocal errors
             async for raw in ws:
-                if raw.startswith('{"type":"ack"') or raw.startswith('{"type":"error"'):
+                if isinstance(raw, str) and raw.startswith(('{"type":"ack"', '{"type":"error"')):
                     f = json.loads(raw)
                     if f["type"] == "error":
                         errors += 1
@@ -111,7 +113,9 @@ async def _sender(url: str, rate: float, duration: float, counter: Any, expected
     }
 
 
-def run(subscribers: int, rates: list[float], duration: float, sync_interval: str) -> list[dict[str, Any]]:
+def run(
+    subscribers: int, rates: list[float], duration: float, sync_interval: str
+) -> list[dict[str, Any]]:
     results = []
     with BenchStack(["chat", "gateway"], sync_interval=sync_interval) as stack:
         urls = [
@@ -128,7 +132,12 @@ def run(subscribers: int, rates: list[float], duration: float, sync_interval: st
             sender_url = stack.ws_url("/api/chat/ws", stack.token("sender", CONTEXT), CONTEXT)
             for rate in rates:
                 res = asyncio.run(_sender(sender_url, rate, duration, counter, subscribers))
-                res["sustained"] = res["lost"] == 0 and res["drain_s"] is not None and res["drain_s"] <= 2 and res["errors"] == 0
+                res["sustained"] = (
+                    res["lost"] == 0
+                    and res["drain_s"] is not None
+                    and res["drain_s"] <= 2
+                    and res["errors"] == 0
+                )
                 results.append(res)
                 print(json.dumps(res), flush=True)
         finally:
@@ -138,16 +147,22 @@ def run(subscribers: int, rates: list[float], duration: float, sync_interval: st
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--subscribers", type=int, default=100)
     p.add_argument("--rates", default="250,500,1000,1500,2000")
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--sync-interval", default="always", help="nats-server JetStream sync_interval")
     a = p.parse_args(argv)
-    results = run(a.subscribers, [float(r) for r in a.rates.split(",")], a.duration, a.sync_interval)
+    results = run(
+        a.subscribers, [float(r) for r in a.rates.split(",")], a.duration, a.sync_interval
+    )
     best = max((r["offered_per_s"] for r in results if r["sustained"]), default=None)
-    print(f"highest sustained rate with no loss: {best} msg/s "
-          f"({a.subscribers} subscribers, sync_interval={a.sync_interval})")
+    print(
+        f"highest sustained rate with no loss: {best} msg/s "
+        f"({a.subscribers} subscribers, sync_interval={a.sync_interval})"
+    )
 
 
 if __name__ == "__main__":

@@ -147,8 +147,7 @@ class ChatEndpoint:
             case ChatMessageIn():
                 return self._post(conn, frame, frame.data)
             case TypingIn():
-                self._typing(conn, frame.data)
-                return None
+                return self._typing(conn, frame.data)
             case HistoryIn():
                 return self._history(conn, frame, frame.data)
         raise AGError("unknown_type", f"{frame.type!r} is not handled here")
@@ -185,15 +184,12 @@ class ChatEndpoint:
             return None
         return frame_text("ack", result.ok, id=frame.id)
 
-    def _typing(self, conn: Conn, data: TypingIn) -> None:
+    async def _typing(self, conn: Conn, data: TypingIn) -> None:
+        """No reply; runs in the frame's reply slot so typing frames keep their order."""
         assert conn.identity is not None and conn.context_id is not None
-        ident = conn.identity
-        if self.typing.set(
-            conn.context_id, ident.user_id, ident.name, data.isTyping, time.monotonic()
-        ):
-            asyncio.ensure_future(
-                self._typing_broadcast(conn.context_id, ident.user_id, ident.name, data.isTyping)
-            )
+        ident, ctx = conn.identity, conn.context_id
+        if self.typing.set(ctx, ident.user_id, ident.name, data.isTyping, time.monotonic()):
+            await self._typing_broadcast(ctx, ident.user_id, ident.name, data.isTyping)
 
     async def _typing_broadcast(self, ctx: str, user: str, name: str, typing: bool) -> None:
         frame = frame_text("typing", {"userId": user, "username": name, "isTyping": typing})

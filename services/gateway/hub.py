@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -25,7 +26,7 @@ from shared.logs import get_logger
 from shared.schemas.commands import CommandResult, Connection, GatewayHeartbeat
 from shared.schemas.wire import encode
 
-__all__ = ["Hub"]
+__all__ = ["Accept", "Hub"]
 
 log = get_logger(__name__)
 
@@ -33,6 +34,10 @@ EXCEPT_USER = subjects.HDR_EXCEPT_USER
 DROPPABLE = subjects.HDR_DROPPABLE
 SEQ = subjects.HDR_SEQ
 _result_decoder = msgspec.json.Decoder(CommandResult)
+
+# A per-member filter on a live subject: (headers, frame text) -> deliver to this socket? It sees
+# the frame already decoded once for all members, so filtering never re-encodes per socket.
+Accept = Callable[[Mapping[str, str], str], bool]
 
 
 class Hub:
@@ -42,6 +47,7 @@ class Hub:
         self.gateway_id = uuid.uuid4().hex[:12]
         self._rooms: defaultdict[str, set[Conn]] = defaultdict(set)
         self._subs: dict[str, Subscription] = {}
+        self._accept: dict[tuple[str, Conn], Accept] = {}
         self._pending: dict[str, asyncio.Future[CommandResult]] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.conns: set[Conn] = set()
@@ -75,14 +81,17 @@ class Hub:
             await self._reply_sub.unsubscribe()
 
     # --- rooms ----------------------------------------------------------------------------
-    async def join(self, subject: str, conn: Conn) -> None:
+    async def join(self, subject: str, conn: Conn, accept: Accept | None = None) -> None:
         async with self._locks[subject]:
             self._rooms[subject].add(conn)
+            if accept is not None:
+                self._accept[(subject, conn)] = accept
             if subject not in self._subs:
                 self._subs[subject] = await self.nc.subscribe(subject, cb=self._on_live)
 
     async def leave(self, subject: str, conn: Conn) -> None:
         async with self._locks[subject]:
+            self._accept.pop((subject, conn), None)
             members = self._rooms.get(subject)
             if members is None:
                 return
@@ -106,8 +115,12 @@ class Hub:
         droppable = DROPPABLE in headers
         seq = int(headers[SEQ]) if SEQ in headers else None
         sent = 0
+        filters = self._accept
         for conn in members:
             if except_user is not None and conn.user_id == except_user:
+                continue
+            accept = filters.get((msg.subject, conn)) if filters else None
+            if accept is not None and not accept(headers, text):
                 continue
             conn.push(text, droppable=droppable, seq=seq)
             sent += 1

@@ -181,8 +181,8 @@ class SessionRunner:
         self._count(conn, state, now)
         if frame.type == "auth":
             if conn.identity is not None:
-                exc = AGError("invalid_message", "already authenticated; use refresh")
-                await conn.reply(error_text(exc, frame.id))
+                again = AGError("invalid_message", "already authenticated; use refresh")
+                await conn.reply(error_text(again, frame.id))
                 return
             await self._authenticate(conn, endpoint, state, frame.data)
             return

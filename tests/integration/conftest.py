@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = start_nats(tmp_path / "nats-data", sync_interval="always", log_file=tmp_path / "nats.log")
+    server = start_nats(
+        tmp_path / "nats-data", sync_interval="always", log_file=tmp_path / "nats.log"
+    )
     try:
         yield server
     finally:
@@ -46,7 +48,9 @@ async def make_stack(tmp_path: Path, nats_url: str) -> AsyncIterator[Callable[..
     stacks: list[Stack] = []
     await _provision(nats_url)
 
-    async def make(env: dict[str, str] | None = None, gateways: int = 1, chat: bool = True) -> Stack:
+    async def make(
+        env: dict[str, str] | None = None, gateways: int = 1, chat: bool = True
+    ) -> Stack:
         stack = Stack(tmp_path / f"stack{len(stacks)}", nats_url, env)
         stack.tmp.mkdir(parents=True, exist_ok=True)
         stacks.append(stack)

@@ -49,7 +49,9 @@ async def test_first_frame_auth_accepts_data_form_and_refuses_other_frames_befor
     assert err["data"]["code"] == "unauthenticated"
     await ws.send({"type": "auth", "data": {"token": token("bob", c), "contextId": c}})
     assert (await ws.expect("connected"))["data"]["userId"] == "bob"
-    again = await ws.request({"type": "auth", "id": "a2", "token": token("bob", c), "contextId": c}, "error")
+    again = await ws.request(
+        {"type": "auth", "id": "a2", "token": token("bob", c), "contextId": c}, "error"
+    )
     assert again["data"]["code"] == "invalid_message"
 
 
@@ -95,16 +97,24 @@ async def test_history_pages_with_limit_before_seq_and_before_timestamp(stack: S
     a = await join(stack, "alice", c)
     acks = []
     for i in range(7):
-        acks.append(await a.request({"type": "message", "id": f"h{i}", "data": {"content": f"m{i}"}}, "ack"))
+        acks.append(
+            await a.request({"type": "message", "id": f"h{i}", "data": {"content": f"m{i}"}}, "ack")
+        )
     newest = await a.request({"type": "history", "id": "q1", "data": {"limit": 3}}, "history")
     assert [m["seq"] for m in newest["data"]["messages"]] == [5, 6, 7]
     assert newest["data"]["hasMore"] is True
-    page = await a.request({"type": "history", "id": "q2", "data": {"limit": 3, "beforeSeq": 5}}, "history")
+    page = await a.request(
+        {"type": "history", "id": "q2", "data": {"limit": 3, "beforeSeq": 5}}, "history"
+    )
     assert [m["seq"] for m in page["data"]["messages"]] == [2, 3, 4]
-    last = await a.request({"type": "history", "id": "q3", "data": {"limit": 3, "beforeSeq": 2}}, "history")
+    last = await a.request(
+        {"type": "history", "id": "q3", "data": {"limit": 3, "beforeSeq": 2}}, "history"
+    )
     assert [m["seq"] for m in last["data"]["messages"]] == [1] and last["data"]["hasMore"] is False
     ts = newest["data"]["messages"][0]["timestamp"]  # message 5
-    by_time = await a.request({"type": "history", "id": "q4", "data": {"limit": 100, "before": ts}}, "history")
+    by_time = await a.request(
+        {"type": "history", "id": "q4", "data": {"limit": 100, "before": ts}}, "history"
+    )
     assert all(m["timestamp"] < ts for m in by_time["data"]["messages"])
     assert [m["seq"] for m in by_time["data"]["messages"]][-1] <= 4
     bad = await a.request({"type": "history", "id": "q5", "data": {"before": "yesterday"}}, "error")
@@ -170,7 +180,10 @@ async def test_bad_frames_get_one_error_each_and_the_connection_stays(stack: Sta
         ('{"type":"message","id":"w5","data":{}}', "invalid_message"),
         ('{"type":"message","id":"w6","data":{"content":""}}', "invalid_message"),
         ('{"type":"message","id":"w7","data":{"content":"\\ud83d"}}', "invalid_message"),
-        ('{"type":"message","id":"w8","data":{"content":"x","messageType":"html"}}', "invalid_message"),
+        (
+            '{"type":"message","id":"w8","data":{"content":"x","messageType":"html"}}',
+            "invalid_message",
+        ),
         ('{"type":"subscribe","id":"w9","data":{"metrics":["activity"]}}', "unknown_type"),
         ('{"type":"ack","id":"w10","data":{}}', "unknown_type"),
         ('{"type":"nonsense","id":"w11"}', "unknown_type"),
@@ -186,7 +199,9 @@ async def test_bad_frames_get_one_error_each_and_the_connection_stays(stack: Sta
     assert (await a.expect("error"))["data"]["code"] == "invalid_message"
     err = await a.request({"type": "message", "id": "with-id", "data": {"content": 1}}, "error")
     assert err["id"] == "with-id"
-    ok = await a.request({"type": "message", "id": "fine", "data": {"content": "still here"}}, "ack")
+    ok = await a.request(
+        {"type": "message", "id": "fine", "data": {"content": "still here"}}, "ack"
+    )
     assert ok["data"]["seq"] == 1
 
 
@@ -249,7 +264,7 @@ async def test_room_broadcast_limit_is_shared_by_all_gateways(make_stack) -> Non
     assert pong["id"] == "alive"
     other = ctx()  # another room has its own budget
     d = await join(stack, "dave", other, gateway=1)
-    assert (await d.request({"type": "message", "id": "d", "data": {"content": "d"}}, "ack"))
+    assert await d.request({"type": "message", "id": "d", "data": {"content": "d"}}, "ack")
 
 
 async def test_message_sent_through_one_gateway_reaches_a_client_on_another(make_stack) -> None:
@@ -304,7 +319,9 @@ async def test_chat_service_down_means_unavailable_and_the_socket_stays(make_sta
     stack.services["chat"].stop()
     err = await a.request({"type": "history", "id": "h", "data": {}}, "error")
     assert err["data"]["code"] == "unavailable"
-    err = await a.request({"type": "message", "id": "m", "data": {"content": "x"}}, "error", timeout=10)
+    err = await a.request(
+        {"type": "message", "id": "m", "data": {"content": "x"}}, "error", timeout=10
+    )
     assert err["data"]["code"] == "unavailable"
     from tests.helpers import wait_chat_ready
 

@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, TEST_ENV, Client, Stack, free_port, http_status, token, wait_chat_ready, wait_until
+from tests.helpers import (
+    ROOT,
+    TEST_ENV,
+    Client,
+    Stack,
+    free_port,
+    http_status,
+    token,
+    wait_chat_ready,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +53,10 @@ def _up(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     log = open(data_dir.parent / f"up-{port}.log", "ab")  # noqa: SIM115
     return subprocess.Popen(
         [sys.executable, "-m", "ops.cli", "up", "--port", str(port), "--data-dir", str(data_dir)],
-        env=env, cwd=ROOT, stdout=log, stderr=log,
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
     )
 
 
@@ -71,7 +84,9 @@ async def test_whole_stack_restart_on_the_same_data_dir_keeps_history(tmp_path: 
         assert not (data / "nats.url").exists()
 
         up = _up(data, port)
-        wait_until(lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200, 60, "stack up again")
+        wait_until(
+            lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200, 60, "stack up again"
+        )
         await wait_chat_ready((data / "nats.url").read_text().strip())
         assert (data / "jwt_secret").read_text().strip() == secret  # same dev secret
         b = await Client.connect(f"ws://127.0.0.1:{port}/api/chat/ws?contextId=s1&token={tok}")

@@ -18,8 +18,9 @@ def test_defaults_match_the_operations_doc() -> None:
 
 
 def test_environment_then_explicit_overrides_win() -> None:
-    s = load_settings({"AG_GATEWAY_PORT": "9000", "AG_TRUSTED_PROXIES": "10.0.0.1, 10.0.0.2"},
-                      gateway_port=9100)
+    s = load_settings(
+        {"AG_GATEWAY_PORT": "9000", "AG_TRUSTED_PROXIES": "10.0.0.1, 10.0.0.2"}, gateway_port=9100
+    )
     assert s.gateway_port == 9100 and s.trusted_proxies == ("10.0.0.1", "10.0.0.2")
 
 

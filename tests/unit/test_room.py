@@ -6,8 +6,14 @@ from shared.schemas.events import ChatMessagePosted
 
 def ev(seq: int, ts: int, client: str | None = None, user: str = "u") -> ChatMessagePosted:
     return ChatMessagePosted(
-        contextId="c", ts=ts, messageId=f"m{seq}", seq=seq, userId=user, userName="U",
-        content=f"text {seq}", clientId=client,
+        contextId="c",
+        ts=ts,
+        messageId=f"m{seq}",
+        seq=seq,
+        userId=user,
+        userName="U",
+        content=f"text {seq}",
+        clientId=client,
     )
 
 

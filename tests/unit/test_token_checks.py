@@ -67,7 +67,9 @@ def test_lti_context_and_role_claims_are_read() -> None:
         ({"sub": "u", "exp": NOW + 60, "nbf": NOW + 30}, "not yet valid"),
     ],
 )
-def test_required_claims_and_times_are_checked_against_the_given_now(claims: dict, reason: str) -> None:
+def test_required_claims_and_times_are_checked_against_the_given_now(
+    claims: dict, reason: str
+) -> None:
     with pytest.raises(AuthFailure) as info:
         verifier().verify(enc(claims), NOW)
     assert reason in info.value.reason
@@ -90,7 +92,11 @@ def test_issuer_and_audience_are_checked_when_configured() -> None:
     v = verifier(AG_JWT_ISSUER="https://lms", AG_JWT_AUDIENCE="atomic")
     good = enc({"sub": "u", "exp": NOW + 60, "iss": "https://lms", "aud": "atomic"})
     assert v.verify(good, NOW).user_id == "u"
-    for claims in ({"iss": "https://evil", "aud": "atomic"}, {"iss": "https://lms", "aud": "x"}, {}):
+    for claims in (
+        {"iss": "https://evil", "aud": "atomic"},
+        {"iss": "https://lms", "aud": "x"},
+        {},
+    ):
         with pytest.raises(AuthFailure):
             v.verify(enc({"sub": "u", "exp": NOW + 60, **claims}), NOW)
 
@@ -128,7 +134,8 @@ def test_mixing_symmetric_and_asymmetric_algorithms_is_a_config_error() -> None:
 
 def test_minted_dev_token_round_trips() -> None:
     settings = load_settings({"AG_JWT_SECRET": SECRET})
-    tok = mint_token(settings, sub="a", name="A", contexts=["c1", "c2"], roles=["admin"], ttl=60,
-                     now=time.time())
+    tok = mint_token(
+        settings, sub="a", name="A", contexts=["c1", "c2"], roles=["admin"], ttl=60, now=time.time()
+    )
     ident = TokenVerifier(settings).verify(tok, time.time())
     assert ident.name == "A" and ident.contexts == {"c1", "c2"} and ident.roles == ("admin",)

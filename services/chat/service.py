@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, PubAck
 from nats.js.errors import APIError
 
+from services.chat import metrics
 from services.chat.presence import Change, Presence
 from services.chat.room import Room, message_wire
 from shared import subjects
@@ -180,13 +181,16 @@ class ChatService:
         reply_to = subjects.gateway_replies(cmd.origin.gatewayId)
         if now_ms() > cmd.deadline:
             # The gateway has already answered `unavailable`; applying it now would make that a lie.
+            metrics.COMMANDS.labels("expired").inc()
             await msg.ack()
             return
         async with self._room_locks[cmd.contextId]:
             result = await self._post_locked(cmd)
         if result is None:
+            metrics.COMMANDS.labels("retried").inc()
             await msg.nak(delay=0.5)
             return
+        metrics.COMMANDS.labels(result.error or "ok").inc()
         await self.nc.publish(reply_to, encode(result))
         await msg.ack()
 
@@ -259,7 +263,8 @@ class ChatService:
         if expected is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
         try:
-            return await self.js.publish(subject, payload, headers=headers, timeout=5.0)
+            with metrics.APPEND_LATENCY.time():
+                return await self.js.publish(subject, payload, headers=headers, timeout=5.0)
         except APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 raise _Conflict from None
@@ -344,3 +349,9 @@ class ChatService:
             horizon = now_ms() - int(self.settings.dedup_window_s * 1000) * 2
             for room in self.rooms.values():
                 room.forget_before(horizon)
+            metrics.ROOMS.set(len(self.rooms))
+            try:
+                info = await self._psub.consumer_info()
+                metrics.CONSUMER_PENDING.set(info.num_pending or 0)
+            except Exception:  # NATS away: the gauge keeps its last value
+                pass

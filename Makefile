@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install up test test-containers check fmt lint typecheck bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev]' -e clients/python
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,12 +20,15 @@ up: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+	cd clients/python && ../../$(PY) -m pytest -q
 
 check: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q
+	cd clients/python && ../../$(VENV)/bin/ruff format --check . && ../../$(VENV)/bin/ruff check . \
+		&& ../../$(VENV)/bin/mypy src
+	$(MAKE) test
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .

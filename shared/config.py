@@ -7,6 +7,7 @@ Precedence: defaults < environment < explicit overrides (CLI flags). A bad value
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ class Settings:
     # Analytics and collaboration
     metrics_window_s: int = 900
     doc_max_bytes: int = 1048576
+    snapshot_every: int = 100  # a DocumentSnapshot event every N document versions
+    collab_history: int = 1000  # operations a document keeps for transforming stale edits
     # Analytics aggregator: events per DuckDB transaction, periodic recompute, ad-hoc SQL
     analytics_batch: int = 1000
     metrics_tick_s: float = 5.0
@@ -96,6 +99,8 @@ _POSITIVE = {
     "command_timeout_s",
     "metrics_window_s",
     "doc_max_bytes",
+    "snapshot_every",
+    "collab_history",
     "analytics_batch",
     "metrics_tick_s",
     "query_timeout_s",
@@ -142,6 +147,11 @@ def _validate(s: Settings) -> None:
     bad = [a for a in s.jwt_algorithms if a not in _ALGORITHMS]
     if bad or not s.jwt_algorithms:
         raise ConfigError(f"{PREFIX}JWT_ALGORITHMS has unsupported algorithms: {bad or 'none'}")
+    for entry in s.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"{PREFIX}TRUSTED_PROXIES has a bad entry {entry!r}") from None
     if s.nats_sync_interval != "always" and not s.nats_sync_interval[:-1].isdigit():
         raise ConfigError(f"{PREFIX}NATS_SYNC_INTERVAL must be 'always' or a duration like '2m'")
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -14,7 +17,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from shared.config import Settings
 from shared.logs import get_logger
 
-__all__ = ["connect", "replay", "stream_seq", "streams_exist"]
+__all__ = ["DurablePull", "connect", "replay", "stream_seq", "streams_exist"]
 
 log = get_logger(__name__)
 
@@ -96,3 +99,75 @@ async def streams_exist(js: JetStreamContext) -> bool:
     except Exception:
         return False
     return True
+
+
+class DurablePull:
+    """A durable pull consumer that heals itself.
+
+    If the consumer or its stream disappears (a memory stream after a NATS restart, an operator's
+    mistake), fetching re-creates the streams and the consumer with the same configuration instead
+    of failing forever.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subject: str,
+        durable: str,
+        stream: str,
+        config: ConsumerConfig,
+        replicas: int = 1,
+        dedup_window_s: float = 120.0,
+    ) -> None:
+        self.js = js
+        self.subject = subject
+        self.durable = durable
+        self.stream = stream
+        self.config = config
+        self.replicas = replicas
+        self.dedup_window_s = dedup_window_s
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def open(self) -> None:
+        self._sub = await self.js.pull_subscribe(
+            self.subject, durable=self.durable, stream=self.stream, config=self.config
+        )
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+        try:
+            if self._sub is None:
+                await self.open()
+            assert self._sub is not None
+            return await self._sub.fetch(batch, timeout=timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning("consumer fetch failed; re-creating", extra={"error": repr(exc)})
+            await asyncio.sleep(0.5)  # back off while NATS settles
+            await self._heal()
+            return []
+
+    async def _heal(self) -> None:
+        from shared.streams import ensure_streams
+
+        try:
+            await ensure_streams(self.js, self.replicas, self.dedup_window_s)
+            if self._sub is not None:
+                with contextlib.suppress(Exception):
+                    await self._sub.unsubscribe()
+            self._sub = None
+            await self.open()
+        except Exception as exc:  # NATS still away: the next fetch tries again
+            log.warning("consumer not re-created yet", extra={"error": repr(exc)})
+
+    async def pending(self) -> int:
+        if self._sub is None:
+            return 0
+        info = await self._sub.consumer_info()
+        return int(info.num_pending or 0)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None

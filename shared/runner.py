@@ -46,7 +46,11 @@ async def _main(
     await stop.wait()
     log.info("service stopping")
     await _guarded(service.stop, name, "stop")
-    await nc.drain()
+    try:
+        await asyncio.wait_for(nc.drain(), 5)
+    except (TimeoutError, Exception) as exc:  # stopping anyway: do not hang on NATS
+        log.warning("nats drain did not finish", extra={"error": repr(exc)})
+        await nc.close()
     log.info("service stopped")
 
 

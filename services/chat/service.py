@@ -27,7 +27,7 @@ from services.chat.room import Room, message_wire
 from shared import subjects
 from shared.config import Settings
 from shared.logs import get_logger
-from shared.natsio import replay, stream_seq
+from shared.natsio import DurablePull, replay, stream_seq
 from shared.ratelimit import KeyedLimiter
 from shared.schemas.commands import (
     CommandResult,
@@ -87,14 +87,18 @@ class ChatService:
             await nc.subscribe(subjects.RPC_CHAT_PRESENCE, "chat", cb=self._on_presence),
             await nc.subscribe(subjects.GATEWAY_HEARTBEAT, cb=self._on_heartbeat),
         ]
-        self._psub = await self.js.pull_subscribe(
+        self._psub = DurablePull(
+            self.js,
             subjects.CHAT_COMMANDS_ALL,
             durable="chat",
             stream=subjects.COMMANDS_STREAM,
             config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_ack_pending=4096
             ),
+            replicas=self.settings.stream_replicas,
+            dedup_window_s=self.settings.dedup_window_s,
         )
+        await self._psub.open()
         self._tasks = [
             asyncio.create_task(self._command_loop(), name="chat-commands"),
             asyncio.create_task(self._ticker(), name="chat-ticker"),
@@ -102,11 +106,12 @@ class ChatService:
         log.info("chat ready", extra={"rooms": len(self.rooms)})
 
     async def stop(self) -> None:
-        for sub in self._subs:
-            await sub.unsubscribe()  # type: ignore[attr-defined]
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sub in self._subs:
+            await sub.unsubscribe()  # type: ignore[attr-defined]
+        await self._psub.close()
 
     # --- projection -----------------------------------------------------------------------
     async def _rebuild_all(self) -> None:
@@ -150,14 +155,7 @@ class ChatService:
     # --- commands -------------------------------------------------------------------------
     async def _command_loop(self) -> None:
         while True:
-            try:
-                msgs = await self._psub.fetch(256, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except nats.errors.Error as exc:
-                log.warning("command fetch failed", extra={"error": repr(exc)})
-                await asyncio.sleep(0.5)  # backoff while NATS reconnects, not synchronisation
-                continue
+            msgs = await self._psub.fetch(256, timeout=1.0)
             by_room: dict[str, list[tuple[Msg, PostMessage]]] = defaultdict(list)
             for msg in msgs:
                 try:
@@ -351,7 +349,6 @@ class ChatService:
                 room.forget_before(horizon)
             metrics.ROOMS.set(len(self.rooms))
             try:
-                info = await self._psub.consumer_info()
-                metrics.CONSUMER_PENDING.set(info.num_pending or 0)
+                metrics.CONSUMER_PENDING.set(await self._psub.pending())
             except Exception:  # NATS away: the gauge keeps its last value
                 pass

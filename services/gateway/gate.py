@@ -15,32 +15,47 @@ from shared.config import Settings
 from shared.logs import get_logger
 from shared.ratelimit import KeyedLimiter
 
-__all__ = ["ConnectionGate", "client_ip"]
+__all__ = ["ConnectionGate", "client_ip", "parse_proxies"]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 log = get_logger(__name__)
 
 
-def client_ip(scope: dict[str, Any], trusted: frozenset[str]) -> str:
+def parse_proxies(entries: tuple[str, ...] | list[str]) -> tuple[IPNetwork, ...]:
+    """Trusted proxies as addresses or CIDR ranges (container networks assign addresses late)."""
+    return tuple(ipaddress.ip_network(e.strip(), strict=False) for e in entries if e.strip())
+
+
+def _trusted(addr: str, proxies: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in net for net in proxies)
+
+
+def client_ip(scope: dict[str, Any], proxies: tuple[IPNetwork, ...]) -> str:
     """The socket peer, or the right-most untrusted X-Forwarded-For hop behind trusted proxies."""
-    peer = (scope.get("client") or ("unknown", 0))[0]
-    if peer not in trusted:
-        return str(peer)
+    peer = str((scope.get("client") or ("unknown", 0))[0])
+    if not proxies or not _trusted(peer, proxies):
+        return peer
     for name, value in scope.get("headers", []):
         if name == b"x-forwarded-for":
             hops = [h.strip() for h in value.decode("latin-1").split(",") if h.strip()]
             for hop in reversed(hops):
-                if hop not in trusted:
+                if not _trusted(hop, proxies):
                     try:
                         return str(ipaddress.ip_address(hop))
                     except ValueError:
-                        return str(peer)
-    return str(peer)
+                        return peer
+    return peer
 
 
 class ConnectionGate:
     def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app
-        self.trusted = frozenset(settings.trusted_proxies)
+        self.trusted = parse_proxies(settings.trusted_proxies)
         self.limiter = KeyedLimiter(settings.rate_connections_per_minute)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from services.gateway.gate import client_ip, parse_proxies
+
+
+def scope(peer: str, xff: str | None = None) -> dict:
+    headers = [(b"x-forwarded-for", xff.encode())] if xff else []
+    return {"client": (peer, 1234), "headers": headers}
+
+
+def test_peer_is_the_client_without_trusted_proxies() -> None:
+    assert client_ip(scope("203.0.113.9", "1.2.3.4"), ()) == "203.0.113.9"
+
+
+def test_forwarded_for_is_believed_only_from_a_trusted_proxy() -> None:
+    proxies = parse_proxies(["10.0.0.5"])
+    assert client_ip(scope("10.0.0.5", "198.51.100.7"), proxies) == "198.51.100.7"
+    assert client_ip(scope("10.0.0.6", "198.51.100.7"), proxies) == "10.0.0.6"
+
+
+def test_rightmost_untrusted_hop_wins_and_cidr_ranges_are_trusted() -> None:
+    proxies = parse_proxies(["172.16.0.0/12"])
+    # the client may forge the left part; the right-most hop not ours is the real client
+    got = client_ip(scope("172.18.0.3", "6.6.6.6, 198.51.100.7, 172.18.0.2"), proxies)
+    assert got == "198.51.100.7"
+    assert client_ip(scope("172.18.0.3", "garbage"), proxies) == "172.18.0.3"

@@ -34,6 +34,10 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Container tests alone: installs Docker if missing, starts dockerd, prepares images offline.
+test-containers: $(STAMP)
+	bash ops/images/ci-containers.sh
+
 bench: $(STAMP)
 	$(VENV)/bin/atomic-guide bench chat
 

@@ -3,7 +3,8 @@
 # no Docker yet: install the engine and compose v1 from Debian if missing, start dockerd if no
 # engine answers, prepare the images (only what is missing or stale), run tests/containers.
 #
-# usage: ops/images/ci-containers.sh [pytest args...]
+# usage: ops/images/ci-containers.sh [--prepare-only] [pytest args...]
+#   --prepare-only: engine and images only (.ci/run then runs them within `make test`)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -33,6 +34,9 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 "$ROOT/ops/images/prepare.sh" all
+if [ "${1:-}" = "--prepare-only" ]; then
+  exit 0
+fi
 
 export TESTCONTAINERS_RYUK_DISABLED=true
 export TESTCONTAINERS_CONNECTION_MODE=docker_host

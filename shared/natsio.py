@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +19,15 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from shared.config import Settings
 from shared.logs import get_logger
 
-__all__ = ["DurablePull", "connect", "replay", "stream_seq", "streams_exist"]
+__all__ = [
+    "BatchRefused",
+    "DurablePull",
+    "append_atomic",
+    "connect",
+    "replay",
+    "stream_seq",
+    "streams_exist",
+]
 
 log = get_logger(__name__)
 
@@ -171,3 +181,47 @@ class DurablePull:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
+
+
+class BatchRefused(Exception):
+    """JetStream refused an atomic batch as a whole (nothing of it was stored)."""
+
+    def __init__(self, err_code: int, description: str) -> None:
+        super().__init__(description)
+        self.err_code = err_code
+
+
+WRONG_LAST_SEQUENCE = 10071  # Nats-Expected-Last-Subject-Sequence did not hold
+BATCH_DUPLICATE_ID = 10201  # a Nats-Msg-Id in the batch was already stored
+
+
+async def append_atomic(
+    nc: NATS,
+    subject: str,
+    items: list[tuple[str, bytes]],
+    expected_last_subject_seq: int | None = None,
+    timeout: float = 5.0,
+) -> int:
+    """Append ``(msg_id, payload)`` items to one subject as one atomic batch (nats-server 2.12+,
+    stream ``allow_atomic``): all are stored, in order, or none. The expectation applies to the
+    first message, so a single writer can append many events per round trip and still detect a
+    competing writer. Returns the stream sequence of the first stored message.
+    """
+    if not items:
+        raise ValueError("empty batch")
+    batch_id = uuid.uuid4().hex
+    last = len(items)
+    for i, (msg_id, payload) in enumerate(items, start=1):
+        headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i), "Nats-Msg-Id": msg_id}
+        if i == 1 and expected_last_subject_seq is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_seq)
+        if i < last:
+            await nc.publish(subject, payload, headers=headers)
+            continue
+        headers["Nats-Batch-Commit"] = "1"
+        reply = await nc.request(subject, payload, headers=headers, timeout=timeout)
+    ack = json.loads(reply.data)
+    if "error" in ack:
+        err = ack["error"]
+        raise BatchRefused(int(err.get("err_code", 0)), str(err.get("description", "")))
+    return int(ack["seq"]) - int(ack.get("count", last)) + 1

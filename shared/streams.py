@@ -27,6 +27,7 @@ def stream_configs(replicas: int = 1, dedup_window_s: float = 120.0) -> list[Str
             num_replicas=replicas,
             duplicate_window=dedup_window_s,
             allow_direct=True,
+            allow_atomic=True,  # services append a batch of one aggregate's events at once
         ),
         # Commands wait here for their service; handled ones are removed (work queue). A command
         # lives only until its deadline (AG_COMMAND_TIMEOUT_S): past it the gateway has answered

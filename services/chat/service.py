@@ -27,7 +27,15 @@ from services.chat.room import Room, message_wire
 from shared import subjects
 from shared.config import Settings
 from shared.logs import get_logger
-from shared.natsio import DurablePull, replay, stream_seq
+from shared.natsio import (
+    BATCH_DUPLICATE_ID,
+    WRONG_LAST_SEQUENCE,
+    BatchRefused,
+    DurablePull,
+    append_atomic,
+    replay,
+    stream_seq,
+)
 from shared.ratelimit import KeyedLimiter
 from shared.schemas.commands import (
     CommandResult,
@@ -52,7 +60,6 @@ __all__ = ["ChatService"]
 
 log = get_logger(__name__)
 
-WRONG_LAST_SEQUENCE = 10071  # JetStream API error code
 _post_decoder = msgspec.json.Decoder(PostMessage)
 _history_decoder = msgspec.json.Decoder(HistoryRequest)
 _presence_decoder = msgspec.json.Decoder(PresenceChange)
@@ -168,29 +175,134 @@ class ChatService:
             await asyncio.gather(*(self._run_room(batch) for batch in by_room.values()))
 
     async def _run_room(self, batch: list[tuple[Msg, PostMessage]]) -> None:
-        for msg, cmd in batch:
-            try:
-                await self._post(msg, cmd)
-            except Exception:
-                log.exception("command failed; will be redelivered")
-                await msg.nak(delay=1.0)
+        """One room's share of a fetch: appended as one atomic batch when possible.
 
-    async def _post(self, msg: Msg, cmd: PostMessage) -> None:
-        reply_to = subjects.gateway_replies(cmd.origin.gatewayId)
-        if now_ms() > cmd.deadline:
+        The batch carries the room's expected last sequence on its first event, so it is all
+        stored or none; on a conflict (or an id the log already has) the room is rebuilt from
+        the log and the remaining commands go one by one.
+        """
+        ctx = batch[0][1].contextId
+        async with self._room_locks[ctx]:
+            try:
+                left = await self._post_batch(batch)
+            except Exception:
+                log.exception("batch append failed; going one by one", extra={"contextId": ctx})
+                left = batch
+            for msg, cmd in left:
+                try:
+                    await self._post(msg, cmd)
+                except Exception:
+                    log.exception("command failed; will be redelivered")
+                    await msg.nak(delay=1.0)
+
+    async def _post_batch(
+        self, batch: list[tuple[Msg, PostMessage]]
+    ) -> list[tuple[Msg, PostMessage]]:
+        """Answer what needs no append, append the rest atomically; return what is left over."""
+        room = self._room(batch[0][1].contextId)
+        now, mono = now_ms(), time.monotonic()
+        store: list[tuple[Msg, PostMessage, ChatMessagePosted, str]] = []
+        keys: set[tuple[str, str]] = set()
+        for msg, cmd in batch:
+            user = cmd.origin.userId
+            if now > cmd.deadline:
+                await self._finish(msg, cmd, None, expired=True)
+                continue
+            dup = room.duplicate_of(user, cmd.clientId)
+            if dup is not None:
+                await self._finish(msg, cmd, self._ok(cmd, *dup))
+                continue
+            if cmd.clientId is not None and (user, cmd.clientId) in keys:
+                # the same frame twice in one fetch: the one-by-one path acks the copy
+                return [(m, c) for m, c, _, _ in store] + batch[batch.index((msg, cmd)) :]
+            if not self.limiter.hit(cmd.contextId, mono):
+                await self._finish(msg, cmd, self._rate_limited(cmd))
+                continue
+            ev = self._event(cmd, room.seq + 1 + len(store))
+            store.append((msg, cmd, ev, self._msg_id(cmd, ev)))
+            if cmd.clientId is not None:
+                keys.add((user, cmd.clientId))
+        if not store:
+            return []
+        try:
+            with metrics.APPEND_LATENCY.time():
+                first = await append_atomic(
+                    self.nc,
+                    subjects.chat_messages(room.context_id),
+                    [(mid, encode_event(ev)) for _, _, ev, mid in store],
+                    room.last_subject_seq,
+                )
+        except BatchRefused as exc:
+            if exc.err_code not in (WRONG_LAST_SEQUENCE, BATCH_DUPLICATE_ID):
+                raise
+            await self._rebuild_room(room.context_id)
+            return [(m, c) for m, c, _, _ in store]
+        for i, (msg, cmd, ev, _) in enumerate(store):
+            room.apply(ev, first + i)
+            await self._broadcast(ev)
+            await self._finish(msg, cmd, self._ok(cmd, ev.messageId, ev.seq))
+        return []
+
+    async def _finish(
+        self, msg: Msg, cmd: PostMessage, result: CommandResult | None, expired: bool = False
+    ) -> None:
+        """Send a command's final result (none when expired: the gateway has answered) and ack."""
+        if expired:
             # The gateway has already answered `unavailable`; applying it now would make that a lie.
             metrics.COMMANDS.labels("expired").inc()
-            await msg.ack()
+        elif result is not None:
+            metrics.COMMANDS.labels(result.error or "ok").inc()
+            reply_to = subjects.gateway_replies(cmd.origin.gatewayId)
+            await self.nc.publish(reply_to, encode(result))
+        await msg.ack()
+
+    async def _post(self, msg: Msg, cmd: PostMessage) -> None:
+        """One command, one append (the careful path; the room lock is held)."""
+        if now_ms() > cmd.deadline:
+            await self._finish(msg, cmd, None, expired=True)
             return
-        async with self._room_locks[cmd.contextId]:
-            result = await self._post_locked(cmd)
+        result = await self._post_locked(cmd)
         if result is None:
             metrics.COMMANDS.labels("retried").inc()
             await msg.nak(delay=0.5)
             return
-        metrics.COMMANDS.labels(result.error or "ok").inc()
-        await self.nc.publish(reply_to, encode(result))
-        await msg.ack()
+        await self._finish(msg, cmd, result)
+
+    def _event(self, cmd: PostMessage, seq: int) -> ChatMessagePosted:
+        return ChatMessagePosted(
+            contextId=cmd.contextId,
+            ts=now_ms(),
+            messageId=uuid.uuid4().hex,
+            seq=seq,
+            userId=cmd.origin.userId,
+            userName=cmd.origin.userName,
+            content=cmd.content,
+            messageType=cmd.messageType,
+            clientId=cmd.clientId,
+        )
+
+    @staticmethod
+    def _msg_id(cmd: PostMessage, ev: ChatMessagePosted) -> str:
+        if cmd.clientId is None:
+            return ev.messageId
+        user = subjects.token(cmd.origin.userId)
+        return f"chat:{subjects.token(cmd.contextId)}:{user}:{cmd.clientId}"
+
+    @staticmethod
+    def _rate_limited(cmd: PostMessage) -> CommandResult:
+        return CommandResult(
+            requestId=cmd.requestId,
+            connectionId=cmd.origin.connectionId,
+            clientId=cmd.clientId,
+            error="rate_limited",
+            message="too many messages in this room; try again shortly",
+        )
+
+    async def _broadcast(self, ev: ChatMessagePosted) -> None:
+        frame = encode_frame("message", ms_to_ts(ev.ts), message_wire(ev))
+        await self.nc.publish(
+            subjects.chat_live(ev.contextId), frame, headers={subjects.HDR_SEQ: str(ev.seq)}
+        )
 
     async def _post_locked(self, cmd: PostMessage, retry: bool = True) -> CommandResult | None:
         room = self._room(cmd.contextId)
@@ -198,31 +310,14 @@ class ChatService:
         dup = room.duplicate_of(user, cmd.clientId)
         if dup is not None:
             return self._ok(cmd, *dup)
-        if not self.limiter.hit(cmd.contextId, time.monotonic()):
-            return CommandResult(
-                requestId=cmd.requestId,
-                connectionId=cmd.origin.connectionId,
-                clientId=cmd.clientId,
-                error="rate_limited",
-                message="too many messages in this room; try again shortly",
-            )
-        ev = ChatMessagePosted(
-            contextId=cmd.contextId,
-            ts=now_ms(),
-            messageId=uuid.uuid4().hex,
-            seq=room.seq + 1,
-            userId=user,
-            userName=cmd.origin.userName,
-            content=cmd.content,
-            messageType=cmd.messageType,
-            clientId=cmd.clientId,
-        )
-        msg_id = f"chat:{subjects.token(cmd.contextId)}:{subjects.token(user)}:{cmd.clientId}"
+        if retry and not self.limiter.hit(cmd.contextId, time.monotonic()):
+            return self._rate_limited(cmd)
+        ev = self._event(cmd, room.seq + 1)
         try:
             ack = await self._append(
                 subjects.chat_messages(cmd.contextId),
                 encode_event(ev),
-                msg_id if cmd.clientId else ev.messageId,
+                self._msg_id(cmd, ev),
                 room.last_subject_seq,
             )
         except _Conflict:
@@ -239,10 +334,7 @@ class ChatService:
             dup = room.duplicate_of(user, cmd.clientId)
             return self._ok(cmd, *dup) if dup else None
         room.apply(ev, ack.seq)
-        frame = encode_frame("message", ms_to_ts(ev.ts), message_wire(ev))
-        await self.nc.publish(
-            subjects.chat_live(cmd.contextId), frame, headers={subjects.HDR_SEQ: str(ev.seq)}
-        )
+        await self._broadcast(ev)
         return self._ok(cmd, ev.messageId, ev.seq)
 
     @staticmethod

@@ -97,3 +97,41 @@ async def test_whole_stack_restart_on_the_same_data_dir_keeps_history(tmp_path: 
     finally:
         if up.poll() is None:
             _stop(up)
+
+
+async def test_two_chat_services_never_hand_out_a_seq_twice(make_stack) -> None:
+    """Both consume the same command queue; JetStream's expected-last-subject-sequence check makes
+    the loser of each race re-read the room and retry, so seqs stay unique and gapless."""
+    stack: Stack = await make_stack()
+    from tests.helpers import Proc
+
+    second = Proc("chat2", "services.chat", stack.env, stack.tmp / "chat2.log")
+    second.start()
+    try:
+        await wait_chat_ready(stack.nats_url)
+        clients = []
+        for i in range(4):
+            c = await Client.connect(stack.url(token=token(f"u{i}", "race"), contextId="race"))
+            await c.expect("connected")
+            clients.append(c)
+
+        async def burst(c: Client, i: int) -> list[int]:
+            seqs = []
+            for k in range(15):
+                await c.send({"type": "message", "id": f"{i}-{k}", "data": {"content": f"{i}-{k}"}})
+            for k in range(15):
+                ack = await c.expect("ack", timeout=15, where=lambda f, k=k: f["id"] == f"{i}-{k}")
+                seqs.append(ack["data"]["seq"])
+            return seqs
+
+        import asyncio
+
+        results = await asyncio.gather(*(burst(c, i) for i, c in enumerate(clients)))
+        all_seqs = sorted(s for r in results for s in r)
+        assert all_seqs == list(range(1, 61))
+        hist = await clients[0].request(
+            {"type": "history", "id": "h", "data": {"limit": 100}}, "history"
+        )
+        assert [m["seq"] for m in hist["data"]["messages"]] == list(range(1, 61))
+    finally:
+        second.stop()

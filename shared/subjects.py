@@ -66,6 +66,7 @@ def collab_snapshots(context_id: str, session_id: str) -> str:
 
 
 COLLAB_EVENTS_ALL = "ag.evt.collab.>"
+COLLAB_PRESENCE_ALL = "ag.evt.collab.*.*.presence"
 
 
 def learning(context_id: str, kind: str) -> str:
@@ -118,11 +119,14 @@ RPC_COLLAB = "ag.rpc.collab"
 RPC_METRICS_CURRENT = "ag.rpc.metrics.current"
 RPC_ANALYTICS_QUERY = "ag.rpc.analytics.query"  # read-only ad-hoc SQL on the aggregator
 GATEWAY_HEARTBEAT = "ag.gw.heartbeat"
+COLLAB_HEARTBEAT = "ag.gw.collab.heartbeat"  # each gateway's collaboration session members
 
 
 # --- headers on live frames -------------------------------------------------------------------
 HDR_EXCEPT_USER = "AG-Except-User"  # do not deliver to this user's sockets
 HDR_DROPPABLE = "AG-Droppable"  # ephemeral frame: drop rather than close a slow socket
 HDR_SEQ = "AG-Seq"  # chat message seq, so a recovering socket skips what it replayed
+# (collaboration: the document version of an `edit` frame)
+HDR_EXCEPT_CONN = "AG-Except-Conn"  # do not deliver to this one connection (the edit's sender)
 HDR_METRIC = "AG-Metric"  # metric_update frames: which metric, so gateways filter
 HDR_VERSION = "AG-Version"  # metric_update frames: increasing computation version

@@ -132,6 +132,11 @@ class Conn:
             except Exception:
                 log.exception("reply failed", extra={"connectionId": self.id})
                 text = None
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Python 3.11's wait_for can swallow a cancel that lands as its future completes;
+                # honour it here or stop() would wait for this loop forever.
+                raise asyncio.CancelledError
             if text is not None and not self.closed:
                 try:
                     self._out.put_nowait(text)

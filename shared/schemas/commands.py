@@ -16,6 +16,14 @@ __all__ = [
     "PresenceChange",
     "PresenceReply",
     "GatewayHeartbeat",
+    "EditCommand",
+    "SessionMember",
+    "CollabJoin",
+    "CollabLeave",
+    "CollabSnapshotRequest",
+    "CollabRequest",
+    "CollabReply",
+    "CollabHeartbeat",
 ]
 
 
@@ -86,4 +94,72 @@ class GatewayHeartbeat(Struct, frozen=True):
     gatewayId: str
     connections: list[Connection]
     final: bool = False  # the gateway is shutting down: drop its connections now
+    seq: int = 0
+
+
+# --- collaboration -------------------------------------------------------------------------------
+# RPC bodies (``RPC_COLLAB``) are MessagePack, not JSON: a reply holds a whole document (up to
+# AG_DOC_MAX_BYTES of UTF-8), and JSON escapes of control characters could make that six times
+# larger than the NATS payload limit. MessagePack stores the text as its UTF-8 bytes.
+class EditCommand(Struct, frozen=True, tag="collab_edit"):
+    """An ``edit`` frame on its way to the collaboration service (work queue, like PostMessage)."""
+
+    requestId: str
+    contextId: str
+    sessionId: str
+    origin: Origin
+    operation: str  # "insert" | "delete"
+    position: int
+    version: int
+    content: str | None = None
+    length: int | None = None
+    clientId: str | None = None
+    deadline: int = 0  # epoch ms; past it the service drops the command unapplied
+
+
+class SessionMember(Struct, frozen=True, array_like=True):
+    """One connection in one collaboration session."""
+
+    contextId: str
+    sessionId: str
+    connectionId: str
+    userId: str
+    userName: str
+    role: str  # "participant" | "observer" | "host"
+
+
+class CollabJoin(Struct, frozen=True, tag="join"):
+    gatewayId: str
+    member: SessionMember
+    seq: int = 0  # the gateway's presence counter, as in PresenceChange
+
+
+class CollabLeave(Struct, frozen=True, tag="leave"):
+    gatewayId: str
+    member: SessionMember
+    seq: int = 0
+
+
+class CollabSnapshotRequest(Struct, frozen=True, tag="snapshot"):
+    contextId: str
+    sessionId: str
+
+
+CollabRequest = CollabJoin | CollabLeave | CollabSnapshotRequest
+
+
+class CollabReply(Struct, frozen=True, omit_defaults=True):
+    content: str = ""
+    version: int = 0
+    participants: list[dict[str, str]] = msgspec.field(default_factory=list)
+    error: str | None = None  # protocol error code
+    message: str = ""
+
+
+class CollabHeartbeat(Struct, frozen=True):
+    """A gateway's full list of collaboration session members (the chat heartbeat's twin)."""
+
+    gatewayId: str
+    members: list[SessionMember]
+    final: bool = False
     seq: int = 0

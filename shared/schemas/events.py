@@ -20,6 +20,7 @@ __all__ = [
     "EditApplied",
     "ParticipantJoined",
     "ParticipantLeft",
+    "DocumentSnapshot",
     "decode_event",
     "encode_event",
 ]
@@ -91,6 +92,18 @@ class DocumentSnapshot(_Event, frozen=True, tag="collab.snapshot"):
     sessionId: str
     version: int
     content: str
+    # Stream sequence of the edit event that produced ``version``: a rebuild replays the edits
+    # after it. 0 (older snapshots): replay the subject from its start, skipping older versions.
+    editSeq: int = 0
+    # Stream sequence of the oldest edit still inside the dedup window when the snapshot was
+    # taken (0: none), so a rebuild also re-learns the recent client ids. Must not exceed editSeq.
+    dedupFrom: int = 0
+    # Stream sequence of the snapshot before this one (0: none). A rebuild starts from that one,
+    # so the rebuilt document keeps at least AG_SNAPSHOT_EVERY operations of history.
+    previousSeq: int = 0
+    # A document too large for one message as JSON (many escaped control characters) is stored
+    # here instead, zlib-compressed UTF-8 in base64, with ``content`` empty.
+    contentZlib: str = ""
 
 
 Event = (

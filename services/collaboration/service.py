@@ -1,0 +1,352 @@
+"""The collaboration service: one shared plain-text document per (context, session).
+
+A document is a projection of its edit events in the log (``DocState`` over the OT core); this
+module only moves bytes between NATS and those sans-I/O parts.
+
+Edits arrive as commands on the ``AG_CMDS`` work queue (``EditCommand``, with a deadline), as chat
+messages do, rather than as NATS requests:
+
+- a command outlives a service restart shorter than its deadline: the edit is applied when the
+  service is back instead of failing, and past the deadline it is dropped unapplied, so the
+  gateway's ``unavailable`` is true;
+- one durable consumer hands the commands out in the order they were stored, so the edits one
+  connection sends reach their document in that order (a queue group promises nothing across
+  instances);
+- results reuse the gateway's command path (``gateway_replies``, ``Hub.expect``).
+
+The cost is one more JetStream hop per edit (memory storage, no fsync); ``ops/bench/collab.py``
+measures the whole path. Reads and presence (join, leave, snapshot) are request/reply on
+``RPC_COLLAB`` with a queue group: they change nothing that needs a deadline or a replay.
+
+Each document has its own queue and at most one worker, and everything touching a document (an
+edit, a join reading it, a load) holds its lock, so a document is edited strictly one command at
+a time while documents proceed in parallel. Documents are loaded lazily on first use (from their
+last snapshots and the edits after them, see ``store.py``) and unloaded after ``IDLE_S`` unused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import APIError
+from prometheus_client import Counter, Histogram
+
+from shared import subjects
+from shared.config import Settings
+from shared.logs import get_logger
+from shared.natsio import DurablePull
+from shared.schemas.commands import (
+    CollabJoin,
+    CollabLeave,
+    CollabReply,
+    CollabRequest,
+    CollabSnapshotRequest,
+    CommandResult,
+    EditCommand,
+)
+from shared.schemas.events import EditApplied
+from shared.schemas.wire import encode, encode_frame
+from shared.timefmt import ms_to_ts, now_ms
+
+from .ot_errors import OTError
+from .presence import PresenceKeeper
+from .state import DocState, Outcome, edit_frame_data, refusal
+from .store import Conflict, DocStore
+
+__all__ = ["CollabService"]
+
+log = get_logger(__name__)
+
+DURABLE = "collab"
+IDLE_S = 600.0  # an unused document is dropped from memory after this (reloaded on demand)
+EDITS = Counter("ag_collab_edits_total", "Edit commands handled, by outcome", ["outcome"])
+EDIT_SECONDS = Histogram(
+    "ag_collab_edit_seconds",
+    "Time to transform, log and broadcast one edit (lock held)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+_edit_decoder = msgspec.json.Decoder(EditCommand)
+_rpc_decoder = msgspec.msgpack.Decoder(CollabRequest)
+_rpc_encoder = msgspec.msgpack.Encoder()
+_Key = tuple[str, str]
+
+
+class _Slot:
+    """One document's place in memory: its state (None until loaded), lock and command queue."""
+
+    __slots__ = ("lock", "state", "queue", "worker", "touched")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.state: DocState | None = None
+        self.queue: deque[tuple[Msg, EditCommand]] = deque()
+        self.worker: asyncio.Task[None] | None = None
+        self.touched = time.monotonic()
+
+
+class CollabService:
+    def __init__(self, settings: Settings, nc: NATS) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.store = DocStore(settings, self.js, nc.max_payload)
+        self.presence = PresenceKeeper(nc, self.store, settings.heartbeat_s)
+        self._slots: dict[_Key, _Slot] = {}
+        self._subs: list[Subscription] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._spawned: set[asyncio.Task[None]] = set()  # document workers and RPC handlers
+        self._started = 0.0
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.presence.rebuild()
+        self._started = time.monotonic()
+        self._psub = DurablePull(
+            self.js,
+            subjects.COLLAB_COMMANDS_ALL,
+            durable=DURABLE,
+            stream=subjects.COMMANDS_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_ack_pending=4096
+            ),
+            replicas=self.settings.stream_replicas,
+            dedup_window_s=self.settings.dedup_window_s,
+        )
+        await self._psub.open()
+        self._tasks = [
+            asyncio.create_task(self._command_loop(), name="collab-commands"),
+            asyncio.create_task(self._ticker(), name="collab-ticker"),
+        ]
+        # Answering requests last: a service that answers one is ready for everything.
+        self._subs = [
+            await self.nc.subscribe(subjects.COLLAB_HEARTBEAT, cb=self._on_heartbeat),
+            await self.nc.subscribe(subjects.RPC_COLLAB, "collab", cb=self._on_rpc),
+        ]
+        log.info("collaboration ready")
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        for task in self._tasks:  # no new commands first, then the work under way
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # An expired pull request may still answer into its inbox; with nobody left to read it,
+        # the connection's drain would wait for it until its timeout.
+        await self._psub.close()
+        for task in list(self._spawned):
+            task.cancel()
+        await asyncio.gather(*self._spawned, return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+        return task
+
+    def _slot(self, key: _Key) -> _Slot:
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = _Slot()
+        slot.touched = time.monotonic()
+        return slot
+
+    async def _state(self, key: _Key, slot: _Slot) -> DocState:
+        """The document, loaded from the log on first use; the caller holds ``slot.lock``."""
+        if slot.state is None:
+            slot.state = await self.store.load(*key)
+        return slot.state
+
+    # --- edits ----------------------------------------------------------------------------
+    async def _command_loop(self) -> None:
+        while True:
+            msgs = await self._psub.fetch(256, timeout=1.0)  # heals a lost consumer itself
+            for msg in msgs:
+                try:
+                    cmd = _edit_decoder.decode(msg.data)
+                except msgspec.DecodeError:
+                    log.error("undecodable command dropped")
+                    await msg.term()
+                    continue
+                key = (cmd.contextId, cmd.sessionId)
+                slot = self._slot(key)
+                slot.queue.append((msg, cmd))
+                if slot.worker is None:
+                    slot.worker = self._spawn(self._work(key, slot), f"collab-doc-{key}")
+
+    async def _work(self, key: _Key, slot: _Slot) -> None:
+        try:
+            while slot.queue:
+                msg, cmd = slot.queue.popleft()
+                await self._run(key, slot, msg, cmd)
+        finally:
+            slot.worker = None
+
+    async def _run(self, key: _Key, slot: _Slot, msg: Msg, cmd: EditCommand) -> None:
+        if now_ms() > cmd.deadline:
+            # The gateway has already answered `unavailable`; applying it now would make that a lie.
+            EDITS.labels("expired").inc()
+            await msg.ack()
+            return
+        started = time.perf_counter()
+        async with slot.lock:
+            try:
+                result = await self._edit(key, slot, cmd)
+            except Exception:
+                log.exception("edit failed; will be redelivered", extra={"sessionId": key[1]})
+                slot.state = None
+                result = None
+            if result is None:
+                EDITS.labels("retry").inc()
+                await msg.nak(delay=0.5)
+                return
+            await self.nc.publish(subjects.gateway_replies(cmd.origin.gatewayId), encode(result))
+            EDITS.labels(result.error or "ok").inc()
+            EDIT_SECONDS.observe(time.perf_counter() - started)
+            await msg.ack()
+            state = slot.state
+            if state is not None and state.snapshot_due(self.settings.snapshot_every):
+                await self._snapshot(state)
+
+    async def _edit(
+        self, key: _Key, slot: _Slot, cmd: EditCommand, retry: bool = True
+    ) -> CommandResult | None:
+        """Apply one edit; its result, or None to try again later (redelivery)."""
+        state = await self._state(key, slot)
+        user = cmd.origin.userId
+        dup = state.duplicate(user, cmd.clientId)
+        if dup is not None:
+            return _ok(cmd, dup)
+        now = now_ms()
+        try:
+            events = state.prepare(cmd, now)
+        except OTError as exc:
+            code, message, data = refusal(exc)
+            return CommandResult(
+                requestId=cmd.requestId,
+                connectionId=cmd.origin.connectionId,
+                clientId=cmd.clientId,
+                error=code,
+                message=message,
+                data=data,
+            )
+        if not events:
+            return _ok(cmd, state.unchanged(cmd, now))
+        # Known gap: the two parts of a split delete are two appends. If the second fails after
+        # the first is stored, the retried command finds the first in the dedup index and is
+        # acked as if whole; the log (and every reader of it) stays consistent, but the sender
+        # only notices the missing part at its next resync.
+        for ev in events:
+            try:
+                ack = await self.store.append_edit(ev, state.last_seq)
+            except Conflict:
+                slot.state = None  # another writer: the log is right, re-read it
+                if not retry:
+                    return None
+                return await self._edit(key, slot, cmd, retry=False)
+            except (TimeoutError, nats.errors.Error, APIError) as exc:
+                log.warning("append failed", extra={"error": repr(exc), "sessionId": key[1]})
+                slot.state = None  # the document ran ahead of the log; reload it
+                return None
+            if ack.duplicate:
+                # Stored before a crash but unknown to this view: the log is right, re-read it.
+                slot.state = None
+                dup = (await self._state(key, slot)).duplicate(user, cmd.clientId)
+                return _ok(cmd, dup) if dup else None
+            state.record(ev, ack.seq)
+            await self._broadcast_edit(ev, cmd.origin.connectionId)
+        return _ok(cmd, Outcome(events[-1].version, events[0].position, len(events)))
+
+    async def _broadcast_edit(self, ev: EditApplied, sender: str) -> None:
+        frame = encode_frame("edit", ms_to_ts(ev.ts), edit_frame_data(ev))
+        headers = {subjects.HDR_SEQ: str(ev.version), subjects.HDR_EXCEPT_CONN: sender}
+        await self.nc.publish(
+            subjects.collab_live(ev.contextId, ev.sessionId), frame, headers=headers
+        )
+
+    async def _snapshot(self, state: DocState) -> None:
+        horizon = now_ms() - int(self.settings.dedup_window_s * 1000)
+        snap = state.snapshot_event(now_ms(), horizon)
+        try:
+            ack = await self.store.append_snapshot(snap)
+        except (TimeoutError, nats.errors.Error, APIError) as exc:
+            # Harmless: the next edit tries again, and a rebuild just replays more edits.
+            log.warning("snapshot not stored", extra={"error": repr(exc), "version": snap.version})
+            return
+        state.snapshot_version, state.snapshot_seq = snap.version, ack.seq
+
+    # --- join / leave / snapshot / heartbeats ---------------------------------------------
+    async def _on_rpc(self, msg: Msg) -> None:
+        # One task per request: a join that has to load its document must not hold up others.
+        self._spawn(self._rpc(msg), "collab-rpc")
+
+    async def _rpc(self, msg: Msg) -> None:
+        try:
+            req = _rpc_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            log.error("undecodable collaboration request dropped")
+            return
+        try:
+            reply = await self._answer(req)
+        except (TimeoutError, nats.errors.Error, APIError) as exc:
+            log.warning("collaboration request failed", extra={"error": repr(exc)})
+            reply = CollabReply(error="unavailable", message="the event log is unavailable")
+        except Exception:
+            log.exception("collaboration request failed")
+            reply = CollabReply(error="internal", message="the document could not be read")
+        if msg.reply:
+            await msg.respond(_rpc_encoder.encode(reply))
+
+    async def _answer(self, req: CollabRequest) -> CollabReply:
+        match req:
+            case CollabJoin(gatewayId=gw, member=m, seq=seq):
+                await self.presence.join(gw, m, time.monotonic(), seq)
+                return await self._read(m.contextId, m.sessionId)
+            case CollabLeave(gatewayId=gw, member=m):
+                await self.presence.leave(gw, m)
+                return CollabReply()
+            case CollabSnapshotRequest(contextId=ctx, sessionId=session):
+                return await self._read(ctx, session, participants=False)
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        await self.presence.on_heartbeat(msg, time.monotonic())
+
+    async def _read(self, ctx: str, session: str, participants: bool = True) -> CollabReply:
+        key = (ctx, session)
+        slot = self._slot(key)
+        async with slot.lock:
+            doc = (await self._state(key, slot)).doc
+            content, version = doc.content, doc.version
+        people = self.presence.members(ctx, session) if participants else []
+        return CollabReply(content=content, version=version, participants=people)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)  # a periodic timer, not synchronisation
+            now = time.monotonic()
+            await self.presence.tick(now, now - self._started)
+            horizon = now_ms() - int(self.settings.dedup_window_s * 1000) * 2
+            for key, slot in list(self._slots.items()):
+                idle = slot.worker is None and not slot.queue and not slot.lock.locked()
+                if idle and now - slot.touched > IDLE_S:
+                    del self._slots[key]
+                elif slot.state is not None:
+                    slot.state.forget_before(horizon)
+
+
+def _ok(cmd: EditCommand, outcome: Outcome) -> CommandResult:
+    return CommandResult(
+        requestId=cmd.requestId,
+        connectionId=cmd.origin.connectionId,
+        clientId=cmd.clientId,
+        ok=outcome.ack(),
+    )

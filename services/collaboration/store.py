@@ -1,0 +1,198 @@
+"""The collaboration service's side of the event log: load documents, append their events.
+
+A document is loaded from a ``DocumentSnapshot`` plus the edit events after its ``editSeq``, read
+with a per-subject consumer. The snapshot is the one before the newest (found by the newest's
+``previousSeq``; two direct gets, the stream allows direct reads), so the rebuilt document keeps
+at least ``AG_SNAPSHOT_EVERY`` operations of history and clients a little behind can still edit
+on their version after a restart. A rebuild therefore reads fewer than ``2 * AG_SNAPSHOT_EVERY``
+edits, plus those of the last ``AG_DEDUP_WINDOW_S`` (``dedupFrom``) to re-learn recent client
+ids, never the document's whole history.
+
+Edits are appended with ``Nats-Expected-Last-Subject-Sequence`` (the document's last edit
+event), so two writers can never log two operations with one version; a mismatch raises
+``Conflict`` and the caller reloads. ``Nats-Msg-Id`` is derived from (context, session, user,
+client id, part), so a command redelivered after a crash is stored once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+from nats.js.errors import APIError, NotFoundError
+
+from shared import subjects
+from shared.config import Settings
+from shared.logs import get_logger
+from shared.natsio import replay, stream_seq
+from shared.schemas.events import (
+    DocumentSnapshot,
+    EditApplied,
+    Event,
+    ParticipantJoined,
+    ParticipantLeft,
+    decode_event,
+    encode_event,
+)
+from shared.timefmt import now_ms
+
+from .ot_errors import VersionMismatch
+from .state import DocState, snapshot_payload
+
+__all__ = ["Conflict", "DocStore", "edit_msg_id"]
+
+log = get_logger(__name__)
+
+WRONG_LAST_SEQUENCE = 10071  # JetStream API error code
+_PAYLOAD_MARGIN = 4096  # headers and subject share the message with the payload
+
+
+class Conflict(Exception):
+    """Another writer appended to the document since we read it."""
+
+
+def edit_msg_id(ev: EditApplied) -> str:
+    if ev.clientId is None:
+        return uuid.uuid4().hex
+    t = subjects.token
+    parts = (ev.contextId, ev.sessionId, ev.userId, ev.clientId)
+    # token() keeps the id header-safe: a client id may hold any character, even CR/LF
+    return "collab:" + ":".join(t(p) for p in parts) + f":{ev.part}"
+
+
+class DocStore:
+    def __init__(self, settings: Settings, js: JetStreamContext, max_payload: int) -> None:
+        self.settings = settings
+        self.js = js
+        self.snapshot_limit = max(max_payload - _PAYLOAD_MARGIN, 1024)
+
+    def _new(self, context_id: str, session_id: str) -> DocState:
+        return DocState(
+            context_id,
+            session_id,
+            max_history=self.settings.collab_history,
+            max_bytes=self.settings.doc_max_bytes,
+        )
+
+    async def load(self, context_id: str, session_id: str) -> DocState:
+        newest = await self._snapshot(subjects.collab_snapshots(context_id, session_id))
+        base = None
+        if newest is not None and newest[0].previousSeq:
+            found = await self._snapshot(
+                subjects.collab_snapshots(context_id, session_id), newest[0].previousSeq
+            )
+            base = found[0] if found else None
+        try:
+            return await self._rebuild(context_id, session_id, newest, base)
+        except VersionMismatch:
+            if base is None:
+                raise
+            # Edits between the two snapshots are missing (removed from the stream by hand?):
+            # the newest snapshot alone still gives the document, with a shorter history.
+            log.warning("edit events missing; rebuilt from the newest snapshot only")
+            return await self._rebuild(context_id, session_id, newest, None)
+
+    async def _rebuild(
+        self,
+        context_id: str,
+        session_id: str,
+        newest: tuple[DocumentSnapshot, int] | None,
+        base: DocumentSnapshot | None,
+    ) -> DocState:
+        state = self._new(context_id, session_id)
+        snaps: list[DocumentSnapshot] = []
+        if newest is not None:
+            snaps = [base, newest[0]] if base is not None else [newest[0]]
+            state.restore(snaps[0], *newest)
+        horizon = now_ms() - int(self.settings.dedup_window_s * 1000)
+        count = 0
+        async for msg in replay(
+            self.js,
+            subjects.EVENTS_STREAM,
+            subjects.collab_edits(context_id, session_id),
+            start_seq=DocState.replay_from(*snaps),
+        ):
+            try:
+                ev = decode_event(msg.data)
+            except msgspec.DecodeError:
+                log.error("undecodable edit event skipped", extra={"seq": stream_seq(msg)})
+                continue
+            if isinstance(ev, EditApplied):
+                state.replay(ev, stream_seq(msg), horizon)
+                count += 1
+        log.info(
+            "document loaded",
+            extra={
+                "contextId": context_id,
+                "sessionId": session_id,
+                "version": state.doc.version,
+                "from": snaps[0].version if snaps else None,
+                "replayed": count,
+            },
+        )
+        return state
+
+    async def _snapshot(
+        self, subject: str, seq: int | None = None
+    ) -> tuple[DocumentSnapshot, int] | None:
+        """The newest snapshot on ``subject`` (or the one at ``seq``), with its stream sequence."""
+        try:
+            if seq is None:
+                raw = await self.js.get_last_msg(subjects.EVENTS_STREAM, subject, direct=True)
+            else:
+                raw = await self.js.get_msg(subjects.EVENTS_STREAM, seq, direct=True)
+        except NotFoundError:
+            return None
+        try:
+            ev = decode_event(raw.data or b"")
+        except msgspec.DecodeError:
+            log.error("undecodable snapshot ignored", extra={"seq": raw.seq})
+            return None
+        if raw.subject != subject or not isinstance(ev, DocumentSnapshot) or raw.seq is None:
+            return None
+        return ev, raw.seq
+
+    async def append_edit(self, ev: EditApplied, expected: int) -> PubAck:
+        return await self._append(
+            subjects.collab_edits(ev.contextId, ev.sessionId),
+            encode_event(ev),
+            edit_msg_id(ev),
+            expected,
+        )
+
+    async def append_snapshot(self, snap: DocumentSnapshot) -> PubAck:
+        t = subjects.token
+        msg_id = f"collab-snap:{t(snap.contextId)}:{t(snap.sessionId)}:{snap.version}"
+        return await self._append(
+            subjects.collab_snapshots(snap.contextId, snap.sessionId),
+            snapshot_payload(snap, self.snapshot_limit),
+            msg_id,
+        )
+
+    async def append_presence(self, ev: ParticipantJoined | ParticipantLeft) -> None:
+        subject = subjects.collab_presence(ev.contextId, ev.sessionId)
+        await self._append(subject, encode_event(ev), uuid.uuid4().hex)
+
+    async def presence_events(self) -> AsyncIterator[Event]:
+        """Every logged join/leave, oldest first (presence is rebuilt from them at start)."""
+        async for msg in replay(self.js, subjects.EVENTS_STREAM, subjects.COLLAB_PRESENCE_ALL):
+            try:
+                yield decode_event(msg.data)
+            except msgspec.DecodeError:
+                log.error("undecodable presence event skipped", extra={"seq": stream_seq(msg)})
+
+    async def _append(
+        self, subject: str, payload: bytes, msg_id: str, expected: int | None = None
+    ) -> PubAck:
+        headers = {"Nats-Msg-Id": msg_id}
+        if expected is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
+        try:
+            return await self.js.publish(subject, payload, headers=headers, timeout=5.0)
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise Conflict from None
+            raise

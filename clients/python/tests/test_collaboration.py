@@ -218,7 +218,7 @@ async def test_a_snapshot_that_overtakes_a_retried_edit_waits_for_the_edit(
     client, peer = await joined_client(server, fast_backoff)
     client.insert(0, "A")
     edit = await peer.recv_type("edit")
-    await peer.send("edit", remote_insert(5, "!", 9))  # a version gap: resync
+    await peer.send("edit", remote_insert(50, "!", 4))  # does not fit "hello": resync
     stale = await peer.recv_type("snapshot")
     await peer.send("error", {"code": "unavailable"}, id=edit["id"])  # retried later
     await peer.send(

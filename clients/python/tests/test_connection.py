@@ -214,14 +214,23 @@ async def test_a_4401_before_connected_fails_connect_with_auth_error(
         assert fake.accepted == 1
 
 
-async def test_http_403_at_the_handshake_is_forbidden(fast_backoff: Backoff) -> None:
-    def refuse(connection: object, request: object) -> object:
-        return connection.respond(403, "not for you\n")  # type: ignore[attr-defined]
+async def test_http_refusals_at_the_handshake_are_retried_not_fatal(
+    fast_backoff: Backoff,
+) -> None:
+    # Auth is in-band (4401/4403 closes); a draining gateway refuses upgrades with 403.
+    refused: list[int] = []
 
-    async with running(FakeServer(), process_request=refuse) as fake:
+    def refuse_twice(connection: object, request: object) -> object:
+        if len(refused) < 2:
+            refused.append(403 if not refused else 401)
+            return connection.respond(refused[-1], "draining\n")  # type: ignore[attr-defined]
+        return None
+
+    async with running(FakeServer(), process_request=refuse_twice) as fake:
         client = ChatClient(fake.url, "ctx", token(), backoff=fast_backoff)
-        with pytest.raises(ForbiddenError):
-            await asyncio.wait_for(client.connect(), timeout())
+        info = await asyncio.wait_for(client.connect(), timeout())
+        assert info.user_id == "u1" and refused == [403, 401]
+        await client.close()
 
 
 async def test_reconnect_gives_up_after_max_attempts(server: FakeServer) -> None:

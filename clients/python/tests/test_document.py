@@ -187,6 +187,39 @@ def test_a_version_gap_or_unexpected_ack_version_means_desync() -> None:
     assert doc.resyncing
 
 
+def test_remote_edits_that_overtake_our_ack_wait_for_it() -> None:
+    # The gateway broadcasts edits as they happen and sends our ack once its result is
+    # back, so an edit applied after ours can arrive first.
+    doc = SharedDocument("abc", 0)
+    doc.local(Insert(3, "!"))  # in flight; the server makes it version 1
+    doc.local(Insert(0, ">"))  # buffered
+    assert doc.remote(Insert(4, "?"), 2) == []  # applied after ours: held
+    assert doc.remote(Delete(0, 1), 3) == []
+    assert doc.text == ">abc!" and doc.version == 0
+    assert doc.ack(1) == Insert(0, ">")  # then 2 and 3, then the buffered insert goes
+    assert (doc.version, doc.confirmed, doc.text) == (3, "bc!?", ">bc!?")
+    assert doc.ack(4) is None and doc.synced
+
+
+def test_an_edit_applied_after_our_vanished_one_may_overtake_its_ack() -> None:
+    doc = SharedDocument("abcdef", 0)
+    doc.local(Delete(2, 1))
+    doc.remote(Delete(1, 4), 1)  # ours is now nothing; the server acks it with version 1
+    assert doc.inflight == []
+    doc.remote(Insert(0, "x"), 2)  # applied after ours, arrives first: not a gap
+    assert doc.ack(1) is None and doc.synced
+    assert (doc.version, doc.text) == (2, "xaf")
+
+
+def test_a_gap_our_ack_does_not_fill_means_desync() -> None:
+    doc = SharedDocument("abc", 0)
+    doc.local(Insert(0, "x"))
+    doc.remote(Insert(0, "y"), 3)  # held: versions 1 and 2 must be ours, but...
+    with pytest.raises(Desync):
+        doc.ack(1)  # ...ours was only 1
+    assert doc.resyncing
+
+
 def test_stale_remote_versions_are_ignored() -> None:
     doc = SharedDocument("abc", 5)
     assert doc.remote(Insert(0, "x"), 5) == []
@@ -234,11 +267,21 @@ def test_rebase_while_an_edit_awaits_its_reply_is_a_bug() -> None:
 
 @dataclass
 class ClientModel:
-    """Drives one SharedDocument like CollaborationClient does, over FIFO links."""
+    """Drives one SharedDocument like CollaborationClient does, over FIFO links.
+
+    With ``late_acks`` the replies (ack, mismatch, snapshot) travel in ``replies``, in
+    order among themselves, and later broadcasts may overtake an ack (as on the real
+    gateway); each reply waits only for the ``down`` messages queued before it (the edits
+    the server applied before ours). A snapshot reply is never overtaken: the gateway holds
+    the session's broadcasts until it is queued.
+    """
 
     doc: SharedDocument
     up: deque[tuple[object, ...]] = field(default_factory=deque)
     down: deque[tuple[object, ...]] = field(default_factory=deque)
+    replies: deque[tuple[int, bool, tuple[object, ...]]] = field(default_factory=deque)
+    queued: int = 0  # messages ever put on ``down``
+    taken: int = 0  # messages ever taken from ``down``
     sent: tuple[Op, int, str] | None = None
     snapshot_pending: bool = False
     counter: int = 0
@@ -275,10 +318,36 @@ class ClientModel:
             self.desyncs += 1
             self.resync()
 
+    def push(self, msg: tuple[object, ...]) -> None:
+        self.down.append(msg)
+        self.queued += 1
+
+    def reply(self, msg: tuple[object, ...], late: bool) -> None:
+        if late:
+            self.replies.append((self.queued, msg[0] == "snapshot", msg))
+        else:
+            self.push(msg)
+
+    def can_take(self) -> bool:
+        blocked = any(blocks and at <= self.taken for at, blocks, _ in self.replies)
+        return bool(self.down) and not blocked
+
+    def take(self) -> None:
+        self.taken += 1
+        self.receive(self.down.popleft())
+
+    def reply_ready(self) -> bool:
+        return bool(self.replies) and self.replies[0][0] <= self.taken
+
+    def take_reply(self) -> None:
+        self.receive(self.replies.popleft()[2])
+
     def reconnect(self) -> None:
         """Lose everything on the wire; re-send the unacked edit (same id) and resync."""
         self.up.clear()
+        self.taken += len(self.down)
         self.down.clear()
+        self.replies.clear()
         self.snapshot_pending = False
         self.doc.begin_resync()
         if self.sent is not None:
@@ -286,22 +355,28 @@ class ClientModel:
         self.resync()
 
 
-def deliver_up(server: ServerModel, clients: list[ClientModel], i: int) -> None:
-    msg = clients[i].up.popleft()
+def deliver_up(
+    server: ServerModel, clients: list[ClientModel], i: int, late_acks: bool = False
+) -> None:
+    client = clients[i]
+    msg = client.up.popleft()
     if msg[0] == "snapshot":
-        clients[i].down.append(("snapshot", server.text, server.version))
+        client.reply(("snapshot", server.text, server.version), late_acks)
         return
     _, op, base, edit_id = msg
     result = server.edit(to_sop(op), base, edit_id)  # type: ignore[arg-type]
     if result is None:
-        clients[i].down.append(("mismatch",))
-    elif isinstance(result, int):
-        clients[i].down.append(("ack", result))
+        client.reply(("mismatch",), late_acks)
+        return
+    if isinstance(result, int):
+        ack: tuple[object, ...] = ("ack", result)
     else:
         for j, other in enumerate(clients):
             if j != i:
-                other.down.extend(("edit", from_sop(piece), v) for piece, v in result)
-        clients[i].down.append(("ack", result[-1][1] if result else server.version))
+                for piece, v in result:
+                    other.push(("edit", from_sop(piece), v))
+        ack = ("ack", result[-1][1] if result else server.version)
+    client.reply(ack, late_acks)
 
 
 @st.composite
@@ -323,13 +398,20 @@ def local_op(draw: st.DrawFn, text: str) -> Op:
     n_clients=st.integers(2, 3),
     keep=st.sampled_from([None, None, 2]),
     reconnects=st.booleans(),
+    late_acks=st.booleans(),
 )
 def test_random_interleavings_converge_with_the_server(
-    data: st.DataObject, initial: str, n_clients: int, keep: int | None, reconnects: bool
+    data: st.DataObject,
+    initial: str,
+    n_clients: int,
+    keep: int | None,
+    reconnects: bool,
+    late_acks: bool,
 ) -> None:
     server = ServerModel(units(initial), keep=keep)
     clients = [ClientModel(SharedDocument(initial, 0)) for _ in range(n_clients)]
     actions = ["local", "local", "up", "down", "down"] + (["reconnect"] if reconnects else [])
+    actions += ["reply"] if late_acks else []
     for _ in range(data.draw(st.integers(0, 60), label="steps")):
         i = data.draw(st.integers(0, n_clients - 1), label="client")
         client = clients[i]
@@ -337,18 +419,23 @@ def test_random_interleavings_converge_with_the_server(
         if action == "local":
             client.send(client.doc.local(data.draw(local_op(client.doc.text), label="op")))
         elif action == "up" and client.up:
-            deliver_up(server, clients, i)
-        elif action == "down" and client.down:
-            client.receive(client.down.popleft())
+            deliver_up(server, clients, i, late_acks)
+        elif action == "down" and client.can_take():
+            client.take()
+        elif action == "reply" and client.reply_ready():
+            client.take_reply()
         elif action == "reconnect":
             client.reconnect()
     # Quiesce: deliver everything until no link carries anything.
-    while any(c.up or c.down for c in clients):
+    while any(c.up or c.down or c.replies for c in clients):
         for i, client in enumerate(clients):
             while client.up:
-                deliver_up(server, clients, i)
-            while client.down:
-                client.receive(client.down.popleft())
+                deliver_up(server, clients, i, late_acks)
+            while client.down or client.replies:
+                if client.reply_ready():
+                    client.take_reply()
+                else:
+                    client.take()
     for client in clients:
         assert client.doc.synced
         assert client.doc.text == server.text

@@ -6,9 +6,12 @@ State: ``confirmed`` (the server's text at ``version``), at most one operation i
 ones that may let the next operation go return it, for the caller to send with base
 version :attr:`SharedDocument.version`.
 
-Ordering assumption: on one connection the server delivers the broadcasts of operations
-applied before ours ahead of our ``ack`` (replies and broadcasts leave in version order).
-Anything that contradicts it (a version gap, an ``ack`` with an unexpected version, a
+Ordering assumption: on one connection the server delivers remote operations in version
+order, and the broadcasts of operations applied before ours ahead of our ``ack``. Those
+applied *after* ours may overtake our ``ack`` (the real gateway sends broadcasts as they
+happen and the ack once its result is back): while an operation is in flight, a remote
+operation beyond the next version is held until the ack fills the gap. Anything else
+that contradicts the assumption (a version gap, an ``ack`` with an unexpected version, a
 remote operation that does not fit) raises :class:`Desync`; the caller then fetches a
 snapshot and calls :meth:`SharedDocument.rebase`.
 
@@ -26,6 +29,9 @@ from ._ot import Op, apply, apply_all, diff, merge, transform_lists
 
 __all__ = ["Desync", "SharedDocument"]
 
+#: Remote operations held while waiting for our ack; past this something is wrong.
+MAX_EARLY = 1000
+
 
 class Desync(Exception):
     """The local state can no longer follow the server; resync from a snapshot."""
@@ -38,6 +44,7 @@ class SharedDocument:
         self._text = content
         self._inflight: list[Op] | None = None
         self._buffer: list[Op] = []
+        self._early: dict[int, Op] = {}  # remote ops that overtook our ack, by version
         self._resyncing = False
 
     @property
@@ -96,6 +103,9 @@ class SharedDocument:
         if self._resyncing or version <= self._version:
             return []
         if version != self._version + 1:
+            if self._inflight and len(self._early) < MAX_EARLY:
+                self._early[version] = op  # applied after ours: our ack fills the gap
+                return []
             raise Desync(f"expected version {self._version + 1}, got {version}")
         try:
             self._confirmed = apply(self._confirmed, op)
@@ -124,13 +134,32 @@ class SharedDocument:
             raise Desync(f"acked operation does not fit: {exc}") from exc
         if self._resyncing:
             return None
-        # Each surviving piece was applied with its own version; none means "no-op".
+        if not pieces:
+            # It vanished (its text was deleted first). The server acks that with its version
+            # of the moment, which says nothing about ours: an edit applied after it may have
+            # overtaken this ack and be applied here already.
+            self._apply_early()
+            return self._next()
+        # Each surviving piece was applied with its own version.
         expected = self._version + len(pieces)
         self._version = version
         if version != expected:
             self._resyncing = True
             raise Desync(f"ack carries version {version}, expected {expected}")
+        self._apply_early()
         return self._next()
+
+    def _apply_early(self) -> None:
+        """Integrate the remote operations that arrived ahead of the ack just processed."""
+        early, self._early = self._early, {}
+        try:
+            while (op := early.pop(self._version + 1, None)) is not None:
+                self.remote(op, self._version + 1)
+            if early:
+                raise Desync(f"versions {sorted(early)} do not follow {self._version}")
+        except Desync:
+            self._resyncing = True
+            raise
 
     def reject(self, *, keep: bool) -> None:
         """The server refused the in-flight operation; a resync must follow.
@@ -139,6 +168,7 @@ class SharedDocument:
         ``unavailable``) and is rebased and sent again. Otherwise it is dropped.
         """
         pieces, self._inflight = self._inflight or [], None
+        self._early.clear()  # the snapshot that must follow carries them
         if keep:
             self._buffer[:0] = pieces
         else:
@@ -152,6 +182,7 @@ class SharedDocument:
     def begin_resync(self) -> None:
         """Stop sending and ignore remote edits until :meth:`rebase`."""
         self._resyncing = True
+        self._early.clear()
 
     def rebase(self, content: str, version: int) -> Op | None:
         """Adopt the server's ``content`` at ``version``; rebase unsent local operations.
@@ -161,6 +192,7 @@ class SharedDocument:
         """
         if self._inflight is not None:
             raise RuntimeError("rebase while an operation awaits its reply")
+        self._early.clear()
         server_changes = diff(self._confirmed, content)
         self._buffer, _ = transform_lists(self._buffer, server_changes, ops_win_ties=False)
         self._confirmed = content

@@ -16,12 +16,10 @@ from typing import Any, Literal
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
-from websockets.exceptions import InvalidStatus
 
 from ._dispatch import Frame
 from ._ratelimit import SlidingWindow
 from ._urls import with_query
-from .errors import AuthError, ForbiddenError
 from .frames import (
     AuthRequest,
     ConnectedFrame,
@@ -79,26 +77,23 @@ async def open_socket(
     """Connect and authenticate; return the socket and its ``connected`` frame.
 
     Frames before ``connected`` (an ``error`` ahead of a 4401 close, say) go to
-    ``on_early_frame``. Raises :class:`SocketEnded` when the server closes first,
-    ``AuthError``/``ForbiddenError`` on HTTP 401/403, and whatever ``connect`` raises.
+    ``on_early_frame``. Raises :class:`SocketEnded` when the server closes first, and
+    whatever ``connect`` raises (``InvalidStatus`` for an HTTP refusal of the upgrade).
+
+    An HTTP refusal is never taken as the verdict on the token: the protocol authenticates
+    inside the socket (4401/4403 closes), and the real gateway refuses upgrades only for
+    passing reasons: 429 over the connection rate, and 403 while it drains for shutdown
+    (it closes before accepting), which is exactly where a 1001 sends every client at once.
     """
     if auth_mode == "query":
         params = {"token": token, "contextId": context_id}
         if last_seq is not None:
             params["lastSeq"] = str(last_seq)
         url = with_query(url, params)
-    try:
-        # Protocol-level keepalive is off: the application ``ping`` below covers liveness,
-        # and the server's own WebSocket pings are still answered by websockets.
-        options = {"open_timeout": open_timeout, "ping_interval": None, **connect_options}
-        ws = await ws_connect(url, **options)
-    except InvalidStatus as exc:
-        status = exc.response.status_code
-        if status == 401:
-            raise AuthError(4401, "HTTP 401 at handshake") from exc
-        if status == 403:
-            raise ForbiddenError(4403, "HTTP 403 at handshake") from exc
-        raise
+    # Protocol-level keepalive is off: the application ``ping`` below covers liveness,
+    # and the server's own WebSocket pings are still answered by websockets.
+    options = {"open_timeout": open_timeout, "ping_interval": None, **connect_options}
+    ws = await ws_connect(url, **options)
     try:
         if auth_mode == "message":
             auth = AuthRequest(token=token, context_id=context_id, last_seq=last_seq)

@@ -77,7 +77,7 @@ class AuthError(ConnectionClosed):
 
 
 class ForbiddenError(ConnectionClosed):
-    """Close 4403 (or HTTP 403): the token is valid but not for this context or role."""
+    """Close 4403: the token is valid but not for this context or role."""
 
 
 class FrameTooLargeError(ConnectionClosed):

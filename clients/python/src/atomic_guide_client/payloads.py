@@ -214,6 +214,7 @@ class RemoteCursor(Payload, frozen=True):
     session_id: str = ""
     selection_end: int | None = None
     user_id: str = ""
+    username: str = ""
 
 
 class Snapshot(Payload, frozen=True):

@@ -70,7 +70,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             sup.poll()
             if not ready and _http_ok(base + "/readyz"):
                 ready = True
-                _banner(settings, base, data_dir)
+                _banner(settings, base, data_dir, sup.metrics_ports)
             time.sleep(0.2)  # supervisor poll interval
     finally:
         print("[up] stopping…", file=sys.stderr)
@@ -83,13 +83,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _banner(settings: Any, base: str, data_dir: Path) -> None:
+def _banner(settings: Any, base: str, data_dir: Path, metrics_ports: dict[str, int]) -> None:
     ws = base.replace("http://", "ws://")
+    host = settings.gateway_host
+    service_metrics = "  ".join(f"{n}: http://{host}:{p}/" for n, p in metrics_ports.items())
     print(
         f"""
 Atomic Guide realtime is up.
   chat:          {ws}/api/chat/ws
+  analytics:     {ws}/api/analytics/ws   (instructor/admin; POST {base}/api/analytics/events)
+  collaboration: {ws}/api/collaboration/ws
   health:        {base}/healthz   ready: {base}/readyz   metrics: {base}/metrics
+  service metrics: {service_metrics}
   data dir:      {data_dir}
 Get a token (in another shell, same data dir):
   atomic-guide token --sub alice --name Alice --context course-1 --data-dir {data_dir}
@@ -160,7 +165,9 @@ def cmd_streams(args: argparse.Namespace) -> int:
     settings = resolve_settings(data_dir=args.data_dir)
 
     async def run() -> list[dict[str, Any]]:
-        nc = await connect(settings, "cli", max_reconnect_attempts=0, allow_reconnect=False)
+        nc = await connect(
+            settings, "cli", max_reconnect_attempts=0, allow_reconnect=False, connect_timeout=2
+        )
         try:
             return await describe_streams(nc.jetstream())
         finally:
@@ -223,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("target", choices=["chat", "ot", "collab", "analytics"])
     be.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     be.set_defaults(func=cmd_bench)
+
+    from ops.analytics_cli import register as register_analytics
+
+    register_analytics(sub)  # replay, query, export
+
+    from ops.chat_cli import register as register_chat
+
+    register_chat(sub)  # interactive terminal chat over the client SDK
     return p
 
 

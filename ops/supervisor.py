@@ -15,9 +15,11 @@ __all__ = ["SERVICES", "Supervisor"]
 SERVICES: dict[str, str] = {
     "chat": "services.chat",
     "gateway": "services.gateway",
+    "analytics": "services.analytics",
+    "collaboration": "services.collaboration",
 }
 # Stop order: the gateway first (sockets get 1001 while the backends still answer).
-STOP_ORDER = ["gateway", "chat"]
+STOP_ORDER = ["gateway", "chat", "analytics", "collaboration"]
 
 
 @dataclass
@@ -31,16 +33,30 @@ class _Child:
     backoff: float = field(default=0.5)
 
 
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 class Supervisor:
     def __init__(self, env: dict[str, str], names: list[str] | None = None) -> None:
         self.env = env
         self.children = {n: _Child(n, SERVICES[n]) for n in (names or list(SERVICES))}
         self.stopping = False
+        # Each backend serves Prometheus metrics on a port of its own (the gateway at /metrics).
+        host = env.get("AG_GATEWAY_HOST", "127.0.0.1")
+        self.metrics_ports = {n: _free_port(host) for n in self.children if n != "gateway"}
 
     def _spawn(self, child: _Child) -> None:
+        env = dict(self.env)
+        if child.name in self.metrics_ports:
+            env["AG_METRICS_PORT"] = str(self.metrics_ports[child.name])
         child.proc = subprocess.Popen(
             [sys.executable, "-m", child.module],
-            env=self.env,
+            env=env,
             start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
         )
         child.started = time.monotonic()

@@ -44,16 +44,15 @@ async def connect(settings: Settings, name: str, **kwargs: Any) -> NATS:
     async def _error(exc: Exception) -> None:
         log.warning("nats error", extra={"error": repr(exc)})
 
-    return await nats.connect(
-        servers=settings.nats_servers,
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        disconnected_cb=_disconnected,
-        reconnected_cb=_reconnected,
-        error_cb=_error,
-        **kwargs,
-    )
+    options: dict[str, Any] = {
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "disconnected_cb": _disconnected,
+        "reconnected_cb": _reconnected,
+        "error_cb": _error,
+    }
+    options.update(kwargs)  # callers (the CLI) may ask for no reconnects
+    return await nats.connect(servers=settings.nats_servers, name=name, **options)
 
 
 def stream_seq(msg: Msg) -> int:

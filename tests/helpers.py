@@ -163,6 +163,28 @@ class Stack:
     def http(self, path: str, gateway: int = 0) -> str:
         return f"http://127.0.0.1:{self.gateways[gateway][1]}{path}"
 
+    async def stop_gateway(self, index: int = 0) -> int | None:
+        """SIGTERM gateway ``index`` (it closes its sockets with 1001) and wait for it to exit.
+
+        Runs in a thread so that clients on this event loop can finish their close handshakes.
+        """
+        proc = self.gateways[index][0]
+        return await asyncio.to_thread(proc.stop)
+
+    async def restart_gateway(self, index: int = 0) -> int:
+        """Start gateway ``index`` again on the port it had (clients reconnect to the same URL)."""
+        proc, port = self.gateways[index]
+        if proc.p is not None:
+            raise RuntimeError(f"{proc.name} is still running")
+        proc.start()
+        await asyncio.to_thread(
+            wait_until,
+            lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200,
+            30,
+            f"gateway on {port} ready again\n{proc.tail()}",
+        )
+        return port
+
     def stop(self) -> None:
         for proc, _ in self.gateways:
             proc.stop()
@@ -187,6 +209,90 @@ async def wait_chat_ready(nats_url: str, timeout: float = 30) -> None:
                 await asyncio.sleep(0.1)  # polling until another process answers
     finally:
         await nc.close()
+
+
+async def wait_collab_ready(nats_url: str, timeout: float = 30) -> None:
+    """The collaboration service answers a snapshot request once it has started."""
+    import msgspec
+    import nats
+
+    from shared.schemas.commands import CollabSnapshotRequest
+
+    probe = msgspec.msgpack.encode(CollabSnapshotRequest("__probe__", "__probe__"))
+    nc = await nats.connect(nats_url)
+    try:
+        deadline = time.monotonic() + T(timeout)
+        while True:
+            try:
+                await nc.request("ag.rpc.collab", probe, timeout=1)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("collaboration service not ready") from None
+                await asyncio.sleep(0.1)  # polling until another process answers
+    finally:
+        await nc.close()
+
+
+READY = {"chat": wait_chat_ready, "collaboration": wait_collab_ready}
+
+
+async def start_service_ready(stack: Stack, name: str) -> Proc:
+    """Start (or restart) a service of ``stack`` and wait until it answers."""
+    proc = stack.services.get(name)
+    if proc is None:
+        proc = stack.start_service(name)
+    else:
+        proc.start()
+    await READY[name](stack.nats_url)
+    return proc
+
+
+def unmodelled_fields(value: Any, type_: Any, path: str = "$") -> list[str]:
+    """JSON paths of the keys in ``value`` that the msgspec type ``type_`` does not declare.
+
+    For wire-schema checks: a client Struct that ignores unknown fields would silently drop
+    what the server sends. Parts typed ``Any`` or ``dict[str, Any]`` are open and not searched.
+    """
+    import msgspec
+
+    return _unmodelled(value, msgspec.inspect.type_info(type_), path)
+
+
+def _unmodelled(value: Any, info: Any, path: str) -> list[str]:
+    from msgspec import inspect as mi
+
+    if isinstance(info, mi.StructType) and isinstance(value, dict):
+        fields = {f.encode_name: f for f in info.fields}
+        found: list[str] = []
+        for key, item in value.items():
+            if key == info.tag_field:
+                continue
+            field = fields.get(key)
+            if field is None:
+                found.append(f"{path}.{key}")
+            else:
+                found += _unmodelled(item, field.type, f"{path}.{key}")
+        return found
+    if isinstance(info, mi.ListType) and isinstance(value, list):
+        return [
+            p
+            for i, item in enumerate(value)
+            for p in _unmodelled(item, info.item_type, f"{path}[{i}]")
+        ]
+    if isinstance(info, mi.DictType) and isinstance(value, dict):
+        return [
+            p
+            for k, item in value.items()
+            for p in _unmodelled(item, info.value_type, f"{path}.{k}")
+        ]
+    if isinstance(info, mi.UnionType):
+        for alternative in info.types:
+            if isinstance(alternative, mi.StructType) and isinstance(value, dict):
+                return _unmodelled(value, alternative, path)
+            if isinstance(alternative, mi.ListType) and isinstance(value, list):
+                return _unmodelled(value, alternative, path)
+    return []
 
 
 class Client:

@@ -7,11 +7,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Litestar, MediaType, Response, WebSocket, get, websocket
+from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.gateway.analytics import AnalyticsEndpoint
 from services.gateway.chat import ChatEndpoint
+from services.gateway.collaboration import CollaborationEndpoint
 from services.gateway.gate import ConnectionGate
 from services.gateway.hub import Hub
 from services.gateway.session import SessionRunner
@@ -20,6 +22,7 @@ from shared.config import Settings
 from shared.errors import CLOSE_GOING_AWAY
 from shared.logs import get_logger
 from shared.natsio import connect, streams_exist
+from shared.streams import ensure_streams
 
 __all__ = ["Gateway", "create_app"]
 
@@ -37,6 +40,7 @@ class Gateway:
         self.endpoints: dict[str, Any] = {}
         self.runner: SessionRunner | None = None
         self.draining = False
+        self._healed_at = 0.0
 
     async def start(self) -> None:
         while True:
@@ -51,6 +55,12 @@ class Gateway:
         chat = ChatEndpoint(self.settings, self.hub, self.nc)
         await chat.start()
         self.endpoints = {"chat": chat}
+        analytics = AnalyticsEndpoint(self.settings, self.hub, self.nc, self.verifier)
+        await analytics.start()
+        self.endpoints["analytics"] = analytics
+        collaboration = CollaborationEndpoint(self.settings, self.hub, self.nc)
+        await collaboration.start()
+        self.endpoints["collaboration"] = collaboration
         self.runner = SessionRunner(self.settings, self.hub, self.verifier)
         log.info("gateway started", extra={"gatewayId": self.hub.gateway_id})
 
@@ -77,7 +87,18 @@ class Gateway:
     async def ready(self) -> bool:
         if self.nc is None or not self.nc.is_connected or self.draining:
             return False
-        return await streams_exist(self.nc.jetstream())
+        js = self.nc.jetstream()
+        if await streams_exist(js):
+            return True
+        # A memory stream is gone after a NATS restart: put it back rather than stay unready.
+        now = asyncio.get_running_loop().time()
+        if now - self._healed_at > 2.0:
+            self._healed_at = now
+            with contextlib.suppress(Exception):
+                await ensure_streams(
+                    js, self.settings.stream_replicas, self.settings.dedup_window_s
+                )
+        return await streams_exist(js)
 
 
 def create_app(settings: Settings) -> tuple[Any, Gateway]:
@@ -94,6 +115,8 @@ def create_app(settings: Settings) -> tuple[Any, Gateway]:
     async def _serve(socket: WebSocket[Any, Any, Any], name: str) -> None:
         endpoint = gw.endpoints.get(name)
         if gw.runner is None or endpoint is None or gw.draining:
+            # Accept, then 1001: a close before accept would reach the client as HTTP 403.
+            await socket.accept()
             await socket.close(code=CLOSE_GOING_AWAY)
             return
         peer = socket.scope.get("state", {}).get("client_ip") or "unknown"
@@ -102,6 +125,32 @@ def create_app(settings: Settings) -> tuple[Any, Gateway]:
     @websocket("/api/chat/ws")
     async def chat_ws(socket: WebSocket[Any, Any, Any]) -> None:
         await _serve(socket, "chat")
+
+    @websocket("/api/analytics/ws")
+    async def analytics_ws(socket: WebSocket[Any, Any, Any]) -> None:
+        await _serve(socket, "analytics")
+
+    @websocket("/api/collaboration/ws")
+    async def collaboration_ws(socket: WebSocket[Any, Any, Any]) -> None:
+        await _serve(socket, "collaboration")
+
+    @post(
+        "/api/analytics/events",
+        media_type=MediaType.JSON,
+        request_max_body_size=settings.max_frame_bytes,
+    )
+    async def analytics_events(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        endpoint = gw.endpoints.get("analytics")
+        if endpoint is None or gw.draining:
+            body = {"code": "unavailable", "error": "the gateway is not ready"}
+            return Response(body, status_code=503)
+        status, body = await endpoint.ingest(
+            request.headers.get("authorization"),
+            request.headers.get("idempotency-key"),
+            await request.body(),
+        )
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return Response(body, status_code=status, headers=headers)
 
     @get("/healthz", media_type=MediaType.JSON)
     async def healthz() -> dict[str, str]:
@@ -117,7 +166,15 @@ def create_app(settings: Settings) -> tuple[Any, Gateway]:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app = Litestar(
-        route_handlers=[chat_ws, healthz, readyz, metrics_route],
+        route_handlers=[
+            chat_ws,
+            analytics_ws,
+            analytics_events,
+            collaboration_ws,
+            healthz,
+            readyz,
+            metrics_route,
+        ],
         lifespan=[lifespan],
         openapi_config=None,  # no docs/debug endpoints open by default
         debug=False,

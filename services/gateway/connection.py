@@ -22,6 +22,7 @@ __all__ = ["Conn"]
 
 log = get_logger(__name__)
 _CLOSE = object()
+Followed = tuple[str | None, Callable[[], None]]  # a reply and what must happen right after it
 
 
 class Conn:
@@ -42,7 +43,7 @@ class Conn:
         self._send = send
         self._out: asyncio.Queue[Any] = asyncio.Queue(max_queue)
         self._replies: asyncio.Queue[
-            tuple[asyncio.Future[str | None], Callable[[], None] | None]
+            tuple[asyncio.Future[str | None | Followed], Callable[[], None] | None]
         ] = asyncio.Queue(256)
         self._held: list[tuple[str, int | None]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -93,15 +94,16 @@ class Conn:
 
     async def reply(
         self,
-        result: Awaitable[str | None] | str | None,
+        result: Awaitable[str | None | Followed] | str | None,
         then: Callable[[], None] | None = None,
     ) -> None:
         """Reserve the next reply slot; waits (backpressure) while 256 replies are in flight.
 
-        ``then`` runs right after this reply is queued for sending, in order with the others.
+        ``then`` runs right after this reply is queued for sending, in order with the others; an
+        awaitable may instead resolve to ``(text, then)`` when the follow-up is known only then.
         """
         if isinstance(result, str) or result is None:
-            fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+            fut: asyncio.Future[str | None | Followed] = asyncio.get_running_loop().create_future()
             fut.set_result(result)
         else:
             fut = asyncio.ensure_future(result)
@@ -128,7 +130,11 @@ class Conn:
         while True:
             fut, then = await self._replies.get()
             try:
-                text = await fut
+                result = await fut
+                if isinstance(result, tuple):  # (frame, follow-up): the follow-up runs in order
+                    text, then = result[0], result[1] if then is None else then
+                else:
+                    text = result
             except Exception:
                 log.exception("reply failed", extra={"connectionId": self.id})
                 text = None

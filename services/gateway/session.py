@@ -16,7 +16,7 @@ from litestar import WebSocket
 from litestar.exceptions import WebSocketDisconnect
 
 from services.gateway import metrics
-from services.gateway.connection import Conn
+from services.gateway.connection import Conn, Followed
 from services.gateway.hub import Hub
 from shared.auth import AuthFailure, Identity, TokenVerifier
 from shared.config import Settings
@@ -39,7 +39,7 @@ __all__ = ["Endpoint", "Reply", "SessionRunner", "frame_text", "error_text"]
 
 log = get_logger(__name__)
 
-Reply = Awaitable[str | None] | str | None
+Reply = Awaitable[str | None | Followed] | str | None
 
 
 def frame_text(type: str, data: Any = None, *, id: str | None = None) -> str:

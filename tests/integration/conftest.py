@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ops.natsd import NatsServer, start_nats
-from tests.helpers import Stack, wait_chat_ready
+from tests.helpers import Stack, start_service_ready, wait_chat_ready
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +26,11 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 @pytest.fixture
-def nats_url(nats_server: NatsServer) -> str:
-    return nats_server.url
+def nats_url(request: pytest.FixtureRequest) -> str:
+    """The embedded binary by default; a NATS container with ``--nats=container``."""
+    if request.config.getoption("nats", default="embedded") == "container":
+        return str(request.getfixturevalue("nats_container").url)
+    return str(request.getfixturevalue("nats_server").url)
 
 
 async def _provision(url: str) -> None:
@@ -49,14 +52,21 @@ async def make_stack(tmp_path: Path, nats_url: str) -> AsyncIterator[Callable[..
     await _provision(nats_url)
 
     async def make(
-        env: dict[str, str] | None = None, gateways: int = 1, chat: bool = True
+        env: dict[str, str] | None = None,
+        gateways: int = 1,
+        chat: bool = True,
+        services: Sequence[str] = (),
     ) -> Stack:
+        """``services``: more backends to start (e.g. ``["collaboration"]``), each waited for."""
         stack = Stack(tmp_path / f"stack{len(stacks)}", nats_url, env)
         stack.tmp.mkdir(parents=True, exist_ok=True)
         stacks.append(stack)
         if chat:
             stack.start_service("chat")
             await wait_chat_ready(nats_url)
+        for name in services:
+            if name not in stack.services:
+                await start_service_ready(stack, name)
         for _ in range(gateways):
             stack.start_gateway()
         return stack

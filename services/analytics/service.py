@@ -1,0 +1,387 @@
+"""The analytics aggregator: event log -> DuckDB -> live metric updates, current values, SQL.
+
+It is the only process that opens the DuckDB file read-write (DuckDB lets no other process in
+while a writer holds it), so everything that reads the projection while the stack runs comes here
+over NATS: gateways ask for current values (``RPC_METRICS_CURRENT``), ``atomic-guide query`` sends
+read-only SQL (``RPC_ANALYTICS_QUERY``).
+
+Consumption: a durable pull consumer on the whole log, AckAll, acked only after the batch's DuckDB
+transaction (rows + checkpoint) has committed. The stored checkpoint, not the consumer, is the
+position of record: on start the consumer is recreated to deliver from checkpoint + 1, so a
+replaced or deleted DuckDB file is rebuilt rather than silently missing what the old one had,
+and a batch committed but not acked before a crash is skipped on redelivery.
+
+Threads: DuckDB calls block, so they run off the event loop. One thread owns the write connection
+(ingest and metric computation, in order); ad-hoc queries run on other threads with cursors of
+their own, so a slow query does not stall ingest. A DuckDB write failure is fatal: the process
+stops (the supervisor restarts it) rather than skip a batch it could not store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.analytics import metrics
+from services.analytics.projection import Applied, Projector
+from services.analytics.query import jsonable, run_query
+from services.analytics.store import Store, db_path
+from services.analytics.throttle import Throttle
+from shared import subjects
+from shared.config import Settings
+from shared.logs import get_logger
+from shared.natsio import stream_seq
+from shared.schemas.analytics import (
+    CurrentReply,
+    CurrentRequest,
+    QueryReply,
+    QueryRequest,
+    metric_update_data,
+)
+from shared.schemas.wire import encode_frame
+from shared.timefmt import ms_to_ts, now_ms
+
+__all__ = ["AnalyticsService", "DURABLE"]
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+DURABLE = "analytics"
+MINUTE_MS = 60_000
+CATCH_UP_GAP_MS = 5000  # recompute a metric at most this often while working through a backlog
+_current_decoder = msgspec.json.Decoder(CurrentRequest)
+_query_decoder = msgspec.json.Decoder(QueryRequest)
+_encoder = msgspec.json.Encoder(enc_hook=jsonable)
+
+INGESTED = Counter("ag_analytics_events_total", "Events appended to DuckDB", ["outcome"])
+BATCH_SECONDS = Histogram(
+    "ag_analytics_batch_seconds",
+    "DuckDB transaction time per batch",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+LAG = Gauge("ag_analytics_consumer_lag", "Events in the log not yet processed")
+UPDATES = Counter("ag_analytics_updates_total", "metric_update frames published", ["metric"])
+
+
+class AnalyticsService:
+    def __init__(
+        self,
+        settings: Settings,
+        nc: NATS,
+        *,
+        on_fatal: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.window_s = settings.metrics_window_s
+        self.throttle = Throttle(1000)
+        self.on_fatal = on_fatal or (lambda: os.kill(os.getpid(), signal.SIGTERM))
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="duckdb-writer")
+        self._queries = ThreadPoolExecutor(2, thread_name_prefix="duckdb-query")
+        self._store: Store | None = None
+        self._projector: Projector | None = None
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subs: list[Subscription] = []
+        self._psub: Any = None
+        self._inflight: asyncio.Task[bool] | None = None
+        self._backlog = False  # more than a batch still waiting in the log
+        self._version = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        path = db_path(self.settings.data_dir)
+        self._store = await self._in_db(Store, path)
+        self._projector = await self._in_db(Projector, self._store)
+        self._psub = psub = await self._bind_consumer(self._projector.last_seq)
+        self._subs = [
+            await self.nc.subscribe(subjects.RPC_METRICS_CURRENT, "analytics", cb=self._on_current),
+            await self.nc.subscribe(subjects.RPC_ANALYTICS_QUERY, "analytics", cb=self._on_query),
+        ]
+        self._tasks = [
+            asyncio.create_task(self._ingest_loop(psub), name="analytics-ingest"),
+            asyncio.create_task(self._publish_loop(), name="analytics-publish"),
+            asyncio.create_task(self._tick_loop(), name="analytics-tick"),
+        ]
+        log.info("analytics ready", extra={"db": str(path), "lastSeq": self._projector.last_seq})
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._inflight is not None:  # let a batch DuckDB already has be committed and acked
+            await asyncio.gather(self._inflight, return_exceptions=True)
+        if self._psub is not None:
+            # nats-py's fetch takes messages off the inbox without task_done(), so a drain of
+            # the connection would wait forever on this subscription; it has nothing to drain.
+            await self._psub.unsubscribe()
+        loop = asyncio.get_running_loop()
+        # A batch already in DuckDB's hands finishes (commits or rolls back) before we close.
+        await loop.run_in_executor(None, partial(self._queries.shutdown, wait=True))
+        await loop.run_in_executor(None, partial(self._db.shutdown, wait=True))
+        if self._store is not None:
+            self._store.close()
+
+    async def _in_db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db, partial(fn, *args))
+
+    async def _bind_consumer(self, last_seq: int) -> Any:
+        stream = subjects.EVENTS_STREAM
+        info = await self.js.stream_info(stream)
+        if info.state.last_seq < last_seq:
+            log.error(
+                "projection is ahead of the event log (was the stream reset?); "
+                "run `atomic-guide replay` to rebuild it",
+                extra={"lastSeq": last_seq, "streamLastSeq": info.state.last_seq},
+            )
+        try:
+            await self.js.delete_consumer(stream, DURABLE)
+        except NotFoundError:
+            pass
+        batch = self.settings.analytics_batch
+        await self.js.add_consumer(
+            stream,
+            ConsumerConfig(
+                name=DURABLE,
+                durable_name=DURABLE,
+                filter_subject=subjects.EVENTS_ALL,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=last_seq + 1,
+                ack_policy=AckPolicy.ALL,
+                ack_wait=60.0,
+                max_ack_pending=max(10 * batch, 10_000),
+            ),
+        )
+        return await self.js.pull_subscribe_bind(durable=DURABLE, stream=stream)
+
+    # --- ingest ---------------------------------------------------------------------------
+    async def _ingest_loop(self, psub: Any) -> None:
+        """Fetch the next batch while DuckDB commits the previous one (at most one in flight)."""
+        batch = self.settings.analytics_batch
+        while True:
+            try:
+                msgs: list[Msg] = await psub.fetch(batch, timeout=5.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except nats.errors.Error as exc:
+                log.warning("event fetch failed; re-binding", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5)  # backoff while NATS reconnects, not synchronisation
+                if self._inflight is not None and not await self._inflight:
+                    return
+                psub = await self._rebind(psub)
+                continue
+            if not msgs:
+                continue
+            items = [(stream_seq(m), m.subject, m.data) for m in msgs]
+            if self._inflight is not None and not await self._inflight:
+                return
+            self._inflight = asyncio.create_task(self._commit(items, msgs[-1]))
+
+    async def _rebind(self, psub: Any) -> Any:
+        """Re-create the consumer from the stored checkpoint (it was deleted, or NATS lost it).
+
+        Safe whatever happened: the checkpoint is the position of record, and nothing is in
+        flight. Until NATS answers, the old subscription is kept and the next fetch retries.
+        """
+        assert self._projector is not None
+        try:
+            fresh = await self._bind_consumer(self._projector.last_seq)
+        except Exception as exc:
+            log.warning("consumer not re-created yet", extra={"error": repr(exc)})
+            return psub
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+        self._psub = fresh
+        log.info("consumer re-created", extra={"lastSeq": self._projector.last_seq})
+        return fresh
+
+    async def _commit(self, items: list[tuple[int, str, bytes]], last: Msg) -> bool:
+        """Store one batch, then ack it (AckAll: every message up to ``last``)."""
+        assert self._projector is not None
+        started = time.perf_counter()
+        try:
+            applied = await self._in_db(self._projector.apply, items)
+        except Exception:
+            log.critical("cannot write the analytics projection; stopping", exc_info=True)
+            self.on_fatal()
+            return False
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+        try:
+            await last.ack()
+        except nats.errors.Error as exc:  # redelivered later and skipped: already stored
+            log.warning("ack failed", extra={"error": repr(exc)})
+        pending = int(last.metadata.num_pending)
+        LAG.set(pending)
+        self._record(applied, pending)
+        return True
+
+    def _record(self, applied: Applied, pending: int) -> None:
+        INGESTED.labels("stored").inc(applied.stored)
+        INGESTED.labels("invalid").inc(applied.invalid)
+        INGESTED.labels("skipped").inc(applied.skipped)
+        self._backlog = pending > self.settings.analytics_batch
+        if applied.touched:
+            now = now_ms()
+            gap = CATCH_UP_GAP_MS if self._backlog else 0
+            for ctx, touched in applied.touched.items():
+                self.throttle.mark(ctx, touched, now, gap)
+            self._wake.set()
+
+    # --- computing and publishing ---------------------------------------------------------
+    def _compute(
+        self, wanted: dict[str, list[str]], now: int, upto: int | None = None
+    ) -> tuple[dict[str, dict[str, dict[str, Any]]], int]:
+        """In the DuckDB thread: metric -> context -> value, and the computation's version."""
+        assert self._store is not None
+        con = self._store.con
+        out = {
+            m: metrics.compute(con, m, ctxs, now, self.window_s, upto) for m, ctxs in wanted.items()
+        }
+        # Strictly increasing, and still increasing across restarts while the clock is sane.
+        self._version = max(self._version + 1, time.time_ns() // 1000)
+        return out, self._version
+
+    async def _publish_loop(self) -> None:
+        while True:
+            nxt = self.throttle.next_due()
+            timeout = None if nxt is None else max(0.0, (nxt - now_ms()) / 1000)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            now = now_ms()
+            due = self.throttle.due(now)
+            if not due:
+                continue
+            wanted: dict[str, list[str]] = defaultdict(list)
+            for ctx, metric in due:
+                wanted[metric].append(ctx)
+            try:
+                values, version = await self._in_db(self._compute, dict(wanted), now)
+            except Exception:
+                log.exception("metric computation failed")
+                continue
+            await self._offer(values, version, now)
+
+    async def _offer(
+        self, values: dict[str, dict[str, Any]], version: int, now: int, timed: bool = False
+    ) -> None:
+        """Publish the values that changed (and may go out now); the throttle defers the rest."""
+        stamp = ms_to_ts(now)
+        for metric, per_ctx in values.items():
+            for ctx, value in per_ctx.items():
+                if self.throttle.offer(ctx, metric, value, now, timed=timed):
+                    await self._publish(ctx, metric, value, stamp, version)
+
+    async def _publish(
+        self, ctx: str, metric: str, value: dict[str, Any], stamp: str, version: int
+    ) -> None:
+        frame = encode_frame("metric_update", stamp, metric_update_data(metric, value, stamp))
+        headers = {subjects.HDR_METRIC: metric, subjects.HDR_VERSION: str(version)}
+        try:
+            await self.nc.publish(subjects.metrics_live(ctx), frame, headers=headers)
+        except nats.errors.Error as exc:
+            log.warning("metric update not published", extra={"error": repr(exc)})
+            return
+        UPDATES.labels(metric).inc()
+
+    async def _tick_loop(self) -> None:
+        """Windowed values change as time passes: recompute contexts with recent events."""
+        horizon = max(metrics.DAY_MS, self.window_s * 1000) + MINUTE_MS
+        assert self._store is not None
+        con = self._store.con
+        while True:
+            await asyncio.sleep(self.settings.metrics_tick_s)  # a periodic timer
+            if self._backlog:
+                continue  # values are stale until caught up; batches mark what they touch
+            now = now_ms()
+            try:
+                ctxs = await self._in_db(metrics.active_contexts, con, now - horizon, now)
+            except Exception:
+                log.exception("active contexts query failed")
+                continue
+            if not ctxs:
+                continue
+            wanted = {"activity": ctxs, "engagement": ctxs}
+            try:
+                values, version = await self._in_db(self._compute, wanted, now)
+            except Exception:
+                log.exception("metric computation failed")
+                continue
+            await self._offer(values, version, now, timed=True)
+
+    # --- RPC ------------------------------------------------------------------------------
+    async def _on_current(self, msg: Msg) -> None:
+        try:
+            req = _current_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            await msg.respond(_encoder.encode(CurrentReply(error=f"bad request: {exc}")))
+            return
+        assert self._projector is not None
+        now = req.now if req.now is not None else now_ms()
+        wanted = {m: list(req.contextIds) for m in dict.fromkeys(req.metrics)}
+        try:
+            values, version = await self._in_db(self._compute, wanted, now, req.uptoSeq)
+        except Exception as exc:
+            log.exception("current metrics failed")
+            await msg.respond(_encoder.encode(CurrentReply(error=repr(exc))))
+            return
+        by_ctx: dict[str, dict[str, Any]] = {c: {} for c in req.contextIds}
+        for metric, per_ctx in values.items():
+            for ctx, value in per_ctx.items():
+                by_ctx[ctx][metric] = value
+        reply = CurrentReply(now=now, version=version, seq=self._projector.last_seq, values=by_ctx)
+        await msg.respond(_encoder.encode(reply))
+
+    async def _on_query(self, msg: Msg) -> None:
+        try:
+            req = _query_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            await msg.respond(_encoder.encode(QueryReply(error=str(exc), code="refused")))
+            return
+        assert self._store is not None
+        limit = min(req.maxRows or self.settings.query_max_rows, self.settings.query_max_rows)
+        cur = await self._in_db(self._store.cursor)
+        loop = asyncio.get_running_loop()
+
+        def run() -> QueryReply:
+            try:
+                return run_query(
+                    cur, req.sql, max_rows=limit, timeout_s=self.settings.query_timeout_s
+                )
+            finally:
+                cur.close()
+
+        reply = await loop.run_in_executor(self._queries, run)
+        await msg.respond(self._fit(reply))
+
+    def _fit(self, reply: QueryReply) -> bytes:
+        """Encode within the server's max payload, dropping rows (``truncated``) if need be."""
+        limit = max(self.nc.max_payload - 4096, 1024)
+        data = _encoder.encode(reply)
+        rows = reply.rows
+        while len(data) > limit and rows:
+            rows = rows[: len(rows) // 2]
+            data = _encoder.encode(msgspec.structs.replace(reply, rows=rows, truncated=True))
+        return data

@@ -42,6 +42,8 @@ class Settings:
     ping_timeout_s: float = 60.0
     max_frame_bytes: int = 65536
     outbound_queue: int = 1024
+    # permessage-deflate costs a compression per frame per socket on fan-out; chat frames are small
+    ws_compression: bool = False
     # Rate limits (sliding 60 s windows)
     rate_connections_per_minute: int = 10
     rate_frames_per_minute: int = 100
@@ -119,6 +121,13 @@ def _convert(name: str, kind: Any, raw: str) -> Any:
     text = raw.strip()
     if kind in ("int", int):
         return int(text)
+    if kind in ("bool", bool):
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError("not a boolean (true/false)")
     if kind in ("float", float):
         value = float(text)
         if value != value or value in (float("inf"), float("-inf")):

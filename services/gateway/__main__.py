@@ -34,6 +34,7 @@ def build_server(settings: Settings) -> _Server:
         ws="websockets-sansio",
         # Bigger than the protocol limit so oversize frames get `too_large`, not a hard 1009.
         ws_max_size=max(16 * settings.max_frame_bytes, 1 << 20),
+        ws_per_message_deflate=settings.ws_compression,
         ws_ping_interval=settings.ping_interval_s,
         ws_ping_timeout=settings.ping_timeout_s,
         lifespan="on",

@@ -34,9 +34,15 @@ def test_environment_then_explicit_overrides_win() -> None:
         ("AG_JWT_ALGORITHMS", "none"),
         ("AG_LOG_FORMAT", "xml"),
         ("AG_JWT_LEEWAY_S", "-1"),
+        ("AG_WS_COMPRESSION", "maybe"),
     ],
 )
 def test_bad_values_fail_loudly_naming_the_variable(var: str, value: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings({var: value})
     assert var in str(info.value)
+
+
+def test_booleans_accept_the_usual_spellings() -> None:
+    assert load_settings({"AG_WS_COMPRESSION": "true"}).ws_compression is True
+    assert load_settings({"AG_WS_COMPRESSION": "0"}).ws_compression is False

@@ -28,7 +28,7 @@ def message_wire(ev: ChatMessagePosted) -> dict[str, Any]:
 
 
 class Room:
-    __slots__ = ("context_id", "messages", "_ts", "last_subject_seq", "_dedup")
+    __slots__ = ("context_id", "messages", "_ts", "last_subject_seq", "_dedup", "unsure")
 
     def __init__(self, context_id: str) -> None:
         self.context_id = context_id
@@ -37,6 +37,9 @@ class Room:
         self.last_subject_seq = 0  # stream sequence of this room's last message event
         # (userId, clientId) -> (messageId, seq, ts): a frame re-sent with its id is stored once
         self._dedup: dict[tuple[str, str], tuple[str, int, int]] = {}
+        # Seqs read back from the log whose broadcast this process cannot vouch for (a crash
+        # between append and broadcast): a re-sent frame for one of them broadcasts it again.
+        self.unsure: set[int] = set()
 
     @property
     def seq(self) -> int:
@@ -53,6 +56,16 @@ class Room:
         if ev.clientId is not None:
             self._dedup[(ev.userId, ev.clientId)] = (ev.messageId, ev.seq, ev.ts)
         return True
+
+    def mark_unsure_since(self, horizon_ms: int) -> None:
+        """Messages newer than ``horizon_ms`` may not have been broadcast (called after a load)."""
+        for ev in reversed(self.messages):
+            if ev.ts < horizon_ms:
+                break
+            self.unsure.add(ev.seq)
+
+    def message(self, seq: int) -> ChatMessagePosted | None:
+        return self.messages[seq - 1] if 1 <= seq <= len(self.messages) else None
 
     def duplicate_of(self, user_id: str, client_id: str | None) -> tuple[str, int] | None:
         if client_id is None:

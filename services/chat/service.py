@@ -126,6 +126,9 @@ class ChatService:
         async for msg in replay(self.js, subjects.EVENTS_STREAM, subjects.CHAT_EVENTS_ALL):
             self._apply(msg)
             count += 1
+        horizon = now_ms() - int(2 * self.settings.dedup_window_s * 1000)
+        for room in self.rooms.values():
+            room.mark_unsure_since(horizon)
         log.info("chat state rebuilt", extra={"events": count, "rooms": len(self.rooms)})
 
     def _apply(self, msg: Msg) -> None:
@@ -150,6 +153,7 @@ class ChatService:
             ev = decode_event(msg.data)
             if isinstance(ev, ChatMessagePosted):
                 room.apply(ev, stream_seq(msg))
+        room.mark_unsure_since(now_ms() - int(2 * self.settings.dedup_window_s * 1000))
         self.rooms[context_id] = room
         return room
 
@@ -162,17 +166,24 @@ class ChatService:
     # --- commands -------------------------------------------------------------------------
     async def _command_loop(self) -> None:
         while True:
-            msgs = await self._psub.fetch(256, timeout=1.0)
-            by_room: dict[str, list[tuple[Msg, PostMessage]]] = defaultdict(list)
-            for msg in msgs:
-                try:
-                    cmd = _post_decoder.decode(msg.data)
-                except msgspec.DecodeError:
-                    log.error("undecodable command dropped")
-                    await msg.term()
-                    continue
-                by_room[cmd.contextId].append((msg, cmd))
-            await asyncio.gather(*(self._run_room(batch) for batch in by_room.values()))
+            try:
+                await self._command_batch()
+            except Exception:  # keep consuming: unacked commands are redelivered
+                log.exception("command batch failed")
+                await asyncio.sleep(0.5)  # back off, then carry on
+
+    async def _command_batch(self) -> None:
+        msgs = await self._psub.fetch(256, timeout=1.0)
+        by_room: dict[str, list[tuple[Msg, PostMessage]]] = defaultdict(list)
+        for msg in msgs:
+            try:
+                cmd = _post_decoder.decode(msg.data)
+            except msgspec.DecodeError:
+                log.error("undecodable command dropped")
+                await msg.term()
+                continue
+            by_room[cmd.contextId].append((msg, cmd))
+        await asyncio.gather(*(self._run_room(batch) for batch in by_room.values()))
 
     async def _run_room(self, batch: list[tuple[Msg, PostMessage]]) -> None:
         """One room's share of a fetch: appended as one atomic batch when possible.
@@ -205,12 +216,13 @@ class ChatService:
         keys: set[tuple[str, str]] = set()
         for msg, cmd in batch:
             user = cmd.origin.userId
-            if now > cmd.deadline:
-                await self._finish(msg, cmd, None, expired=True)
-                continue
             dup = room.duplicate_of(user, cmd.clientId)
             if dup is not None:
+                await self._rebroadcast_if_unsure(room, dup[1])
                 await self._finish(msg, cmd, self._ok(cmd, *dup))
+                continue
+            if now > cmd.deadline:
+                await self._finish(msg, cmd, None, expired=True)
                 continue
             if cmd.clientId is not None and (user, cmd.clientId) in keys:
                 # the same frame twice in one fetch: the one-by-one path acks the copy
@@ -224,6 +236,8 @@ class ChatService:
                 keys.add((user, cmd.clientId))
         if not store:
             return []
+        # Give up before the first gateway does, so `unavailable` stays true (PROTOCOL.md).
+        budget = (min(c.deadline for _, c, _, _ in store) - now_ms()) / 1000
         try:
             with metrics.APPEND_LATENCY.time():
                 first = await append_atomic(
@@ -231,6 +245,7 @@ class ChatService:
                     subjects.chat_messages(room.context_id),
                     [(mid, encode_event(ev)) for _, _, ev, mid in store],
                     room.last_subject_seq,
+                    timeout=max(budget, 0.05),
                 )
         except BatchRefused as exc:
             if exc.err_code not in (WRONG_LAST_SEQUENCE, BATCH_DUPLICATE_ID):
@@ -258,10 +273,10 @@ class ChatService:
 
     async def _post(self, msg: Msg, cmd: PostMessage) -> None:
         """One command, one append (the careful path; the room lock is held)."""
-        if now_ms() > cmd.deadline:
+        result = await self._post_locked(cmd)
+        if result is None and now_ms() > cmd.deadline:
             await self._finish(msg, cmd, None, expired=True)
             return
-        result = await self._post_locked(cmd)
         if result is None:
             metrics.COMMANDS.labels("retried").inc()
             await msg.nak(delay=0.5)
@@ -298,6 +313,13 @@ class ChatService:
             message="too many messages in this room; try again shortly",
         )
 
+    async def _rebroadcast_if_unsure(self, room: Room, seq: int) -> None:
+        if seq in room.unsure:
+            room.unsure.discard(seq)
+            ev = room.message(seq)
+            if ev is not None:
+                await self._broadcast(ev)
+
     async def _broadcast(self, ev: ChatMessagePosted) -> None:
         frame = encode_frame("message", ms_to_ts(ev.ts), message_wire(ev))
         await self.nc.publish(
@@ -309,7 +331,10 @@ class ChatService:
         user = cmd.origin.userId
         dup = room.duplicate_of(user, cmd.clientId)
         if dup is not None:
+            await self._rebroadcast_if_unsure(room, dup[1])
             return self._ok(cmd, *dup)
+        if now_ms() > cmd.deadline:
+            return None
         if retry and not self.limiter.hit(cmd.contextId, time.monotonic()):
             return self._rate_limited(cmd)
         ev = self._event(cmd, room.seq + 1)
@@ -319,6 +344,7 @@ class ChatService:
                 encode_event(ev),
                 self._msg_id(cmd, ev),
                 room.last_subject_seq,
+                timeout=max((cmd.deadline - now_ms()) / 1000, 0.05),
             )
         except _Conflict:
             if not retry:
@@ -332,7 +358,10 @@ class ChatService:
             # Stored before a crash but unknown to this view: the log is right, re-read it.
             room = await self._rebuild_room(cmd.contextId)
             dup = room.duplicate_of(user, cmd.clientId)
-            return self._ok(cmd, *dup) if dup else None
+            if dup is None:
+                return None
+            await self._rebroadcast_if_unsure(room, dup[1])
+            return self._ok(cmd, *dup)
         room.apply(ev, ack.seq)
         await self._broadcast(ev)
         return self._ok(cmd, ev.messageId, ev.seq)
@@ -347,14 +376,19 @@ class ChatService:
         )
 
     async def _append(
-        self, subject: str, payload: bytes, msg_id: str, expected: int | None = None
+        self,
+        subject: str,
+        payload: bytes,
+        msg_id: str,
+        expected: int | None = None,
+        timeout: float = 5.0,
     ) -> PubAck:
         headers = {"Nats-Msg-Id": msg_id}
         if expected is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
         try:
             with metrics.APPEND_LATENCY.time():
-                return await self.js.publish(subject, payload, headers=headers, timeout=5.0)
+                return await self.js.publish(subject, payload, headers=headers, timeout=timeout)
         except APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 raise _Conflict from None
@@ -367,15 +401,20 @@ class ChatService:
         except msgspec.DecodeError:
             return
         room = self.rooms.get(req.contextId) or Room(req.contextId)
+        limit = self.nc.max_payload - 4096  # what one NATS reply may carry, headers aside
         if req.afterSeq is not None:
             events, truncated = room.after(req.afterSeq, req.cap)
-            reply = HistoryReply(
-                [message_wire(e) for e in events], truncated=truncated, lastSeq=room.seq
-            )
+            body = encode(HistoryReply([message_wire(e) for e in events], lastSeq=room.seq))
+            if len(body) > limit or truncated:  # never a partial replay: say truncated
+                body = encode(HistoryReply([], truncated=True, lastSeq=room.seq))
         else:
             events, more = room.history(req.limit, req.beforeMs, req.beforeSeq)
-            reply = HistoryReply([message_wire(e) for e in events], hasMore=more, lastSeq=room.seq)
-        await msg.respond(encode(reply))
+            wire = [message_wire(e) for e in events]
+            body = encode(HistoryReply(wire, hasMore=more, lastSeq=room.seq))
+            while len(body) > limit and wire:  # keep the newest that fit; the rest is hasMore
+                wire = wire[max(1, len(wire) // 4) :]
+                body = encode(HistoryReply(wire, hasMore=True, lastSeq=room.seq))
+        await msg.respond(body)
 
     # --- presence -------------------------------------------------------------------------
     async def _on_presence(self, msg: Msg) -> None:
@@ -428,19 +467,26 @@ class ChatService:
         settled = False
         while True:
             await asyncio.sleep(beat)  # a periodic timer, not synchronisation
-            now = time.monotonic()
-            async with self._presence_lock:
-                changes = self.presence.expire(now, 3 * beat)
-                if not settled and now - self._started > 2.5 * beat:
-                    changes += self.presence.settle()
-                    settled = True
-                for ch in changes:
-                    await self._announce(ch)
-            horizon = now_ms() - int(self.settings.dedup_window_s * 1000) * 2
-            for room in self.rooms.values():
-                room.forget_before(horizon)
-            metrics.ROOMS.set(len(self.rooms))
             try:
-                metrics.CONSUMER_PENDING.set(await self._psub.pending())
-            except Exception:  # NATS away: the gauge keeps its last value
-                pass
+                settled = await self._tick(beat, settled)
+            except Exception:  # NATS away, say: try again next beat
+                log.exception("chat tick failed")
+
+    async def _tick(self, beat: float, settled: bool) -> bool:
+        now = time.monotonic()
+        async with self._presence_lock:
+            changes = self.presence.expire(now, 3 * beat)
+            if not settled and now - self._started > 2.5 * beat:
+                changes += self.presence.settle()
+                settled = True
+            for ch in changes:
+                await self._announce(ch)
+        horizon = now_ms() - int(self.settings.dedup_window_s * 1000) * 2
+        for room in self.rooms.values():
+            room.forget_before(horizon)
+        metrics.ROOMS.set(len(self.rooms))
+        try:
+            metrics.CONSUMER_PENDING.set(await self._psub.pending())
+        except Exception:  # NATS away: the gauge keeps its last value
+            pass
+        return settled

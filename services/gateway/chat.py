@@ -201,7 +201,10 @@ class ChatEndpoint:
         while True:
             await asyncio.sleep(0.25)  # a periodic timer: lapses are accurate to 250 ms
             for ctx, user, name in self.typing.lapsed(time.monotonic()):
-                await self._typing_broadcast(ctx, user, name, False)
+                try:
+                    await self._typing_broadcast(ctx, user, name, False)
+                except Exception as exc:  # NATS away: this lapse is lost, the loop must live
+                    log.warning("typing lapse not sent", extra={"error": repr(exc)})
 
     async def _history(self, conn: Conn, frame: ClientFrame, data: HistoryIn) -> str:
         assert conn.context_id is not None

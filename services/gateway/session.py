@@ -141,14 +141,25 @@ class SessionRunner:
             if event["type"] == "websocket.disconnect":
                 state.peer_code = event.get("code", 1000)
                 return
-            if conn.closed:
-                continue  # the close handshake is under way; ignore what still arrives
+            if conn.closed or state.closing:
+                continue  # a close is under way; ignore what still arrives
             try:
                 await self._frame(conn, endpoint, state, dict(event))
+            except _Refused as refused:
+                await self._refuse(conn, state, refused.error, refused.id)
             except AGError as exc:
-                conn.push(error_text(exc))
-                if exc.close:
-                    conn.close(exc.close)
+                await self._refuse(conn, state, exc, None)
+            except Exception:  # our fault, never the client's: say so and keep serving
+                log.exception("frame handling failed", extra={"connectionId": conn.id})
+                await conn.reply(error_text(AGError("internal", "internal error")))
+
+    @staticmethod
+    async def _refuse(conn: Conn, state: _State, exc: AGError, cid: str | None) -> None:
+        """The error in its reply slot (after earlier replies), then the close it calls for."""
+        code = exc.close
+        if code:
+            state.closing = True
+        await conn.reply(error_text(exc, cid), then=(lambda: conn.close(code)) if code else None)
 
     async def _frame(
         self, conn: Conn, endpoint: Endpoint, state: _State, event: dict[str, Any]
@@ -159,45 +170,49 @@ class SessionRunner:
             size = len(event.get("bytes") or b"")
             if size > self.settings.max_frame_bytes:
                 return await self._oversize(conn, state, now, None)
-            self._count(conn, state, now)
+            self._count(conn, state, now, None)
             await conn.reply(
                 error_text(AGError("invalid_message", "binary frames are not accepted"))
             )
             return
         if len(text) * 4 > self.settings.max_frame_bytes:  # cheap bound before measuring
             if len(text.encode("utf-8", "surrogatepass")) > self.settings.max_frame_bytes:
-                return await self._oversize(conn, state, now, peek_id(text[:4096]))
+                return await self._oversize(conn, state, now, peek_id(text))
         try:
             frame = decode_client_frame(endpoint.name, text)
         except AGError as exc:
             metrics.FRAMES_IN.labels(endpoint.name, "invalid").inc()
-            self._count(conn, state, now)
-            await conn.reply(error_text(exc, peek_id(text)))
+            cid = peek_id(text)
+            self._count(conn, state, now, cid)
+            await conn.reply(error_text(exc, cid))
             return
         metrics.FRAMES_IN.labels(endpoint.name, frame.type).inc()
         if frame.type == "ping":
             await conn.reply(frame_text("pong", {}, id=frame.id))
             return
-        self._count(conn, state, now)
+        self._count(conn, state, now, frame.id)
         if frame.type == "auth":
             if conn.identity is not None:
                 again = AGError("invalid_message", "already authenticated; use refresh")
                 await conn.reply(error_text(again, frame.id))
                 return
-            await self._authenticate(conn, endpoint, state, frame.data)
+            try:
+                await self._authenticate(conn, endpoint, state, frame.data)
+            except AGError as exc:
+                raise _Refused(exc, frame.id) from None
             return
         if conn.identity is None:
             await conn.reply(error_text(AGError("unauthenticated", "send auth first"), frame.id))
             return
         if frame.type == "refresh":
-            await conn.reply(self._refresh(conn, state, frame))
+            await conn.reply(self._refresh(conn, endpoint, state, frame))
             return
         await conn.reply(endpoint.handle(conn, frame))
 
-    def _count(self, conn: Conn, state: _State, now: float) -> None:
+    def _count(self, conn: Conn, state: _State, now: float, cid: str | None) -> None:
         if not state.frames.hit(now):
             log.warning("frame rate limit", extra={"connectionId": conn.id, "userId": conn.user_id})
-            raise AGError("rate_limited", "too many frames", close=CLOSE_POLICY)
+            raise _Refused(AGError("rate_limited", "too many frames", close=CLOSE_POLICY), cid)
 
     async def _oversize(self, conn: Conn, state: _State, now: float, cid: str | None) -> None:
         if not state.oversize.hit(now):
@@ -233,7 +248,7 @@ class SessionRunner:
         await endpoint.on_open(conn, auth.lastSeq)
         conn.joined = True
 
-    def _refresh(self, conn: Conn, state: _State, frame: ClientFrame) -> str:
+    def _refresh(self, conn: Conn, endpoint: Endpoint, state: _State, frame: ClientFrame) -> str:
         assert conn.identity is not None and conn.context_id is not None
         try:
             new = self.verifier.verify(frame.data.token or "", time.time())
@@ -244,11 +259,22 @@ class SessionRunner:
             return error_text(
                 AGError("forbidden", "token is for another user or context"), frame.id
             )
+        if not endpoint.allowed(new):  # e.g. an instructor's socket refreshed with a learner token
+            return error_text(AGError("forbidden", "role not allowed on this endpoint"), frame.id)
         conn.identity = new
         state.schedule_expiry(conn)
         return frame_text(
             "refreshed", {"expiresAt": ms_to_ts(int(new.expires_at * 1000))}, id=frame.id
         )
+
+
+class _Refused(Exception):
+    """An AGError about one frame, with that frame's id for the error reply."""
+
+    def __init__(self, error: AGError, cid: str | None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.id = cid
 
 
 class _State:
@@ -258,6 +284,7 @@ class _State:
         self.frames = SlidingWindow(settings.rate_frames_per_minute)
         self.oversize = SlidingWindow(2)  # the third oversize frame in a minute closes
         self.peer_code: int | None = None
+        self.closing = False  # an error that closes was queued: read nothing more
         self._expiry: asyncio.TimerHandle | None = None
 
     def schedule_expiry(self, conn: Conn) -> None:

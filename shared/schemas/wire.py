@@ -131,9 +131,12 @@ def _is_syntactically_json(raw: bytes | str) -> bool:
 
     try:
         json.loads(raw, parse_constant=_refuse)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
+
+
+_TOO_DEEP = "frame is nested too deeply"
 
 
 def decode_client_frame(endpoint: str, raw: bytes | str) -> ClientFrame:
@@ -143,6 +146,8 @@ def decode_client_frame(endpoint: str, raw: bytes | str) -> ClientFrame:
     """
     try:
         env = _ENVELOPE.decode(raw)
+    except RecursionError:
+        raise AGError("invalid_message", _TOO_DEEP) from None
     except msgspec.ValidationError as exc:
         raise AGError("invalid_message", f"bad envelope: {exc}") from None
     except msgspec.DecodeError:
@@ -154,6 +159,8 @@ def decode_client_frame(endpoint: str, raw: bytes | str) -> ClientFrame:
         raise AGError("unknown_type", f"unknown message type {env.type!r} on this endpoint")
     try:
         data = decoder.decode(env.data)
+    except RecursionError:
+        raise AGError("invalid_message", _TOO_DEEP) from None
     except msgspec.ValidationError as exc:
         raise AGError("invalid_message", f"bad data for {env.type!r}: {exc}") from None
     except msgspec.DecodeError:  # only lone surrogates reach here: the envelope parsed
@@ -169,13 +176,19 @@ def decode_client_frame(endpoint: str, raw: bytes | str) -> ClientFrame:
     return ClientFrame(type=env.type, id=env.id, data=data, envelope=env)
 
 
+class _IdOnly(Struct):
+    id: Any = None
+
+
+_ID_DECODER = msgspec.json.Decoder(_IdOnly)
+
+
 def peek_id(raw: bytes | str) -> str | None:
     """Best-effort client id of a frame that failed to decode, for correlating the error."""
     try:
-        obj = json.loads(raw)
-    except ValueError:
+        cid = _ID_DECODER.decode(raw).id
+    except (msgspec.DecodeError, RecursionError):
         return None
-    cid = obj.get("id") if isinstance(obj, dict) else None
     if isinstance(cid, str) and 1 <= len(cid) <= 64:
         return cid
     return None

@@ -121,3 +121,25 @@ async def test_health_ready_and_metrics_endpoints(stack: Stack) -> None:
     assert 'ag_gateway_errors_total{code="invalid_json"} 1.0' in text
     assert "ag_gateway_frames_in_total" in text
     assert http_status(stack.http("/schema")) == 404  # no docs/debug endpoints by default
+
+
+async def test_refresh_with_a_role_the_endpoint_does_not_allow_is_forbidden(make_stack) -> None:
+    stack = await make_stack()
+    c = await Client.connect(
+        stack.url(
+            "/api/analytics/ws", token=token("t", "c1", roles=("instructor",)), contextId="c1"
+        )
+    )
+    await c.expect("connected")
+    err = await c.request(
+        {"type": "refresh", "id": "r", "token": token("t", "c1", roles=("learner",))}, "error"
+    )
+    assert err["data"]["code"] == "forbidden"
+    assert (await c.request({"type": "ping", "id": "p"}, "pong"))["id"] == "p"
+
+
+async def test_auth_frame_failure_error_carries_the_frame_id(stack: Stack) -> None:
+    c = await Client.connect(stack.url())
+    await c.send({"type": "auth", "id": "a1", "token": token("u", "c1"), "contextId": "c2"})
+    assert await c.closed() == 4403
+    assert c.seen[0]["id"] == "a1" and c.seen[0]["data"]["code"] == "forbidden"

@@ -138,13 +138,15 @@ async def test_typing_reaches_others_not_own_tabs_and_lapses(stack: Stack) -> No
     assert not [f for f in bob2.seen if f["type"] == "typing"]
 
 
-async def test_typing_ends_when_typists_last_connection_closes(stack: Stack) -> None:
+async def test_typing_ends_when_typists_last_connection_closes(make_stack) -> None:
+    # A TTL far beyond the wait below: the `false` can only come from the close.
+    stack = await make_stack(env={"AG_TYPING_TTL_S": "600"})
     c = ctx()
     alice, bob = await join(stack, "alice", c), await join(stack, "bob", c)
     await bob.send({"type": "typing", "data": {"isTyping": True}})
     await alice.expect("typing", where=lambda f: f["data"]["isTyping"])
     await bob.close()
-    off = await alice.expect("typing", timeout=0.9)  # before the 1 s lapse
+    off = await alice.expect("typing", timeout=10)
     assert off["data"]["isTyping"] is False
 
 
@@ -195,6 +197,10 @@ async def test_bad_frames_get_one_error_each_and_the_connection_stays(stack: Sta
         err = await a.expect("error")
         assert err["data"]["code"] == code, raw
         assert err["error"]
+    deep = '{"type":"message","id":"deep","data":{"x":' + "[" * 5000 + "]" * 5000 + "}}"
+    await a.send(deep)
+    err = await a.expect("error")
+    assert err["data"]["code"] == "invalid_message"  # the id cannot be read safely here
     await a.send(b"\x00binary")
     assert (await a.expect("error"))["data"]["code"] == "invalid_message"
     err = await a.request({"type": "message", "id": "with-id", "data": {"content": 1}}, "error")
@@ -231,8 +237,9 @@ async def test_frame_rate_limit_errors_then_closes_1008_and_ping_is_free(make_st
         await a.request({"type": "history", "id": f"h{i}", "data": {}}, "history")
     await a.send({"type": "history", "id": "over", "data": {}})
     err = await a.expect("error")
-    assert err["data"]["code"] == "rate_limited"
+    assert err["data"]["code"] == "rate_limited" and err["id"] == "over"
     assert await a.closed() == 1008
+    assert [f["type"] for f in a.seen if f["type"] != "presence"] == []  # one error only
 
 
 async def test_connection_rate_limit_answers_429_before_upgrade(make_stack) -> None:

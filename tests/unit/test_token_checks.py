@@ -121,10 +121,25 @@ def test_asymmetric_tokens_verify_with_the_configured_public_key(tmp_path: Path,
     v = TokenVerifier(settings)
     tok = mint_token(settings, sub="u", contexts=["c"], now=NOW, private_key=pem, algorithm=alg)
     assert v.verify(tok, NOW).allows("c")
-    # an HS256 token signed with the public key text (key confusion) is refused
-    forged = jwt.encode({"sub": "u", "exp": NOW + 60}, "x" * 64, algorithm="HS256")
+    # key confusion: an HS256 token whose HMAC key is the public key PEM itself is refused
+    forged = _hs256_with_raw_key({"sub": "u", "exp": NOW + 60, "context_id": "c"}, pub.read_bytes())
     with pytest.raises(AuthFailure):
         v.verify(forged, NOW)
+
+
+def _hs256_with_raw_key(claims: dict, key: bytes) -> str:
+    """PyJWT refuses to HMAC with a PEM key, so build the token by hand as an attacker would."""
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(json.dumps(claims).encode())
+    sig = b64(hmac.new(key, signing, hashlib.sha256).digest())
+    return (signing + b"." + sig).decode()
 
 
 def test_mixing_symmetric_and_asymmetric_algorithms_is_a_config_error() -> None:

@@ -63,12 +63,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_provision(settings.replace(nats_url=env["AG_NATS_URL"])))
         sup = Supervisor(env)
-        sup.start()
+        backends = [n for n in sup.children if n != "gateway"]
+        sup.start(backends)
         base = f"http://{settings.gateway_host}:{settings.gateway_port}"
+        pending = set(backends)  # the gateway starts once every backend answers its probe
         ready = False
         while not stop["now"]:
             sup.poll()
-            if not ready and _http_ok(base + "/readyz"):
+            if pending:
+                pending = asyncio.run(_unready(env["AG_NATS_URL"], pending))
+                if not pending:
+                    sup.start(["gateway"])
+            elif not ready and _http_ok(base + "/readyz"):
                 ready = True
                 _banner(settings, base, data_dir, sup.metrics_ports)
             time.sleep(0.2)  # supervisor poll interval
@@ -105,6 +111,22 @@ Ctrl-C stops everything.
     )
 
 
+async def _unready(nats_url: str, names: set[str]) -> set[str]:
+    """The services among ``names`` that do not answer their readiness probe yet."""
+    import nats
+
+    from shared.probes import service_ready
+
+    try:
+        nc = await nats.connect(nats_url, allow_reconnect=False, connect_timeout=1)
+    except Exception:
+        return names
+    try:
+        return {n for n in names if not await service_ready(nc, n, timeout=0.5)}
+    finally:
+        await nc.close()
+
+
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:
@@ -113,11 +135,15 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+async def _quiet() -> None:
+    """A CLI closing its own connection is not news."""
+
+
 async def _provision(settings: Any) -> None:
     from ops.streams import ensure_streams
     from shared.natsio import connect
 
-    nc = await connect(settings, "provision")
+    nc = await connect(settings, "provision", disconnected_cb=_quiet)
     try:
         await ensure_streams(nc.jetstream(), settings.stream_replicas, settings.dedup_window_s)
     finally:
@@ -166,14 +192,23 @@ def cmd_streams(args: argparse.Namespace) -> int:
 
     async def run() -> list[dict[str, Any]]:
         nc = await connect(
-            settings, "cli", max_reconnect_attempts=0, allow_reconnect=False, connect_timeout=2
+            settings,
+            "cli",
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+            connect_timeout=2,
+            disconnected_cb=_quiet,
         )
         try:
             return await describe_streams(nc.jetstream())
         finally:
             await nc.close()
 
-    rows = asyncio.run(run())
+    try:
+        rows = asyncio.run(run())
+    except Exception as exc:  # no server at the recorded URL: say so, not a traceback
+        print(f"atomic-guide: cannot reach NATS at {settings.nats_url}: {exc!r}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -62,16 +62,18 @@ class Supervisor:
         child.started = time.monotonic()
         print(f"[up] started {child.name} (pid {child.proc.pid})", file=sys.stderr, flush=True)
 
-    def start(self) -> None:
-        for child in self.children.values():
-            self._spawn(child)
+    def start(self, names: list[str] | None = None) -> None:
+        for name in names or list(self.children):
+            child = self.children[name]
+            if child.proc is None:
+                self._spawn(child)
 
     def poll(self) -> None:
         """Restart crashed children, with backoff that resets after a minute of good health."""
         now = time.monotonic()
         for child in self.children.values():
             if self.stopping or child.proc is None:
-                continue
+                continue  # stopping, or not started yet (the gateway waits for the backends)
             code = child.proc.poll()
             if code is None:
                 if now - child.started > 60:

@@ -2,7 +2,9 @@
 
 Every change the sans-I/O ``Participants`` reports is logged (``ParticipantJoined`` /
 ``ParticipantLeft`` on the session's presence subject, which analytics counts) and then sent to
-the session's other users on its live subject. One lock keeps the changes in order.
+the session's other users on its live subject. One lock keeps the changes in order. Neither step
+failing (NATS away) stops the caller: presence is bookkept in memory whatever the log and the
+live subject did.
 """
 
 from __future__ import annotations
@@ -117,8 +119,12 @@ class PresenceKeeper:
         except (TimeoutError, nats.errors.Error, APIError) as exc:
             log.warning("presence event not logged", extra={"error": repr(exc)})
         frame = encode_frame("participant_" + ch.kind, ms_to_ts(ts), data)
-        await self.nc.publish(
-            subjects.collab_live(ch.context_id, ch.session_id),
-            frame,
-            headers={subjects.HDR_EXCEPT_USER: ch.user_id},
-        )
+        try:
+            await self.nc.publish(
+                subjects.collab_live(ch.context_id, ch.session_id),
+                frame,
+                headers={subjects.HDR_EXCEPT_USER: ch.user_id},
+            )
+        except Exception as exc:  # e.g. the outbound buffer is full while NATS is away
+            # Live only: the others see the change in the participants of their next join.
+            log.warning("presence change not broadcast", extra={"error": repr(exc)})

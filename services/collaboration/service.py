@@ -22,6 +22,15 @@ Each document has its own queue and at most one worker, and everything touching 
 edit, a join reading it, a load) holds its lock, so a document is edited strictly one command at
 a time while documents proceed in parallel. Documents are loaded lazily on first use (from their
 last snapshots and the edits after them, see ``store.py``) and unloaded after ``IDLE_S`` unused.
+
+The deadline is checked once the lock is held and the document loaded, and what is left of it
+bounds the append, so an edit is not applied after the gateway answered ``unavailable`` (up to
+``MIN_APPEND_S``, which the gateway's own grace covers). An edit is logged before it is
+broadcast; when a command turns out to be already logged (a redelivery after a crash between the
+two, a re-sent id, even an expired command), its parts are broadcast again unless this process
+broadcast them itself (see ``DocState.unsent``), so no editor stays a version short.
+
+The background loops (commands, ticker) survive any failure of one round: they log it and go on.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import nats.errors
@@ -44,7 +53,7 @@ from prometheus_client import Counter, Histogram
 from shared import subjects
 from shared.config import Settings
 from shared.logs import get_logger
-from shared.natsio import DurablePull
+from shared.natsio import BatchRefused, DurablePull
 from shared.schemas.commands import (
     CollabJoin,
     CollabLeave,
@@ -69,6 +78,8 @@ log = get_logger(__name__)
 
 DURABLE = "collab"
 IDLE_S = 600.0  # an unused document is dropped from memory after this (reloaded on demand)
+MIN_APPEND_S = 0.1  # the least time an append gets, however close its command's deadline
+LOOP_BACKOFF_S = 0.5  # pause of a background loop after a failed round
 EDITS = Counter("ag_collab_edits_total", "Edit commands handled, by outcome", ["outcome"])
 EDIT_SECONDS = Histogram(
     "ag_collab_edit_seconds",
@@ -79,6 +90,7 @@ _edit_decoder = msgspec.json.Decoder(EditCommand)
 _rpc_decoder = msgspec.msgpack.Decoder(CollabRequest)
 _rpc_encoder = msgspec.msgpack.Encoder()
 _Key = tuple[str, str]
+_Verdict = CommandResult | Literal["retry", "expired"]
 
 
 class _Slot:
@@ -99,7 +111,7 @@ class CollabService:
         self.settings = settings
         self.nc = nc
         self.js = nc.jetstream()
-        self.store = DocStore(settings, self.js, nc.max_payload)
+        self.store = DocStore(settings, nc)
         self.presence = PresenceKeeper(nc, self.store, settings.heartbeat_s)
         self._slots: dict[_Key, _Slot] = {}
         self._subs: list[Subscription] = []
@@ -169,64 +181,89 @@ class CollabService:
     # --- edits ----------------------------------------------------------------------------
     async def _command_loop(self) -> None:
         while True:
-            msgs = await self._psub.fetch(256, timeout=1.0)  # heals a lost consumer itself
+            try:
+                msgs = await self._psub.fetch(256, timeout=1.0)  # heals a lost consumer itself
+            except Exception:
+                log.exception("fetching commands failed; trying again")
+                await asyncio.sleep(LOOP_BACKOFF_S)
+                continue
             for msg in msgs:
                 try:
-                    cmd = _edit_decoder.decode(msg.data)
-                except msgspec.DecodeError:
-                    log.error("undecodable command dropped")
-                    await msg.term()
-                    continue
-                key = (cmd.contextId, cmd.sessionId)
-                slot = self._slot(key)
-                slot.queue.append((msg, cmd))
-                if slot.worker is None:
-                    slot.worker = self._spawn(self._work(key, slot), f"collab-doc-{key}")
+                    await self._dispatch(msg)
+                except Exception:  # not acked: redelivered after ack_wait
+                    log.exception("command not dispatched")
+
+    async def _dispatch(self, msg: Msg) -> None:
+        try:
+            cmd = _edit_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            log.error("undecodable command dropped")
+            await msg.term()
+            return
+        key = (cmd.contextId, cmd.sessionId)
+        slot = self._slot(key)
+        slot.queue.append((msg, cmd))
+        if slot.worker is None:
+            slot.worker = self._spawn(self._work(key, slot), f"collab-doc-{key}")
 
     async def _work(self, key: _Key, slot: _Slot) -> None:
         try:
             while slot.queue:
                 msg, cmd = slot.queue.popleft()
-                await self._run(key, slot, msg, cmd)
+                try:
+                    await self._run(key, slot, msg, cmd)
+                except Exception:
+                    # e.g. the reply could not be published: the redelivery is answered from the
+                    # dedup index. The document's other commands go on.
+                    log.exception(
+                        "command failed; will be redelivered", extra={"sessionId": key[1]}
+                    )
+                    await _nak(msg)
         finally:
             slot.worker = None
 
     async def _run(self, key: _Key, slot: _Slot, msg: Msg, cmd: EditCommand) -> None:
-        if now_ms() > cmd.deadline:
-            # The gateway has already answered `unavailable`; applying it now would make that a lie.
-            EDITS.labels("expired").inc()
-            await msg.ack()
-            return
         started = time.perf_counter()
         async with slot.lock:
             try:
-                result = await self._edit(key, slot, cmd)
+                verdict = await self._edit(key, slot, cmd)
             except Exception:
                 log.exception("edit failed; will be redelivered", extra={"sessionId": key[1]})
                 slot.state = None
-                result = None
-            if result is None:
+                verdict = "retry"
+            if verdict == "expired":
+                # The gateway has answered `unavailable`; applying it now would make that a lie.
+                EDITS.labels("expired").inc()
+                await msg.ack()
+                return
+            if verdict == "retry":
                 EDITS.labels("retry").inc()
                 await msg.nak(delay=0.5)
                 return
-            await self.nc.publish(subjects.gateway_replies(cmd.origin.gatewayId), encode(result))
-            EDITS.labels(result.error or "ok").inc()
+            assert not isinstance(verdict, str)
+            await self.nc.publish(subjects.gateway_replies(cmd.origin.gatewayId), encode(verdict))
+            EDITS.labels(verdict.error or "ok").inc()
             EDIT_SECONDS.observe(time.perf_counter() - started)
             await msg.ack()
             state = slot.state
             if state is not None and state.snapshot_due(self.settings.snapshot_every):
                 await self._snapshot(state)
 
-    async def _edit(
-        self, key: _Key, slot: _Slot, cmd: EditCommand, retry: bool = True
-    ) -> CommandResult | None:
-        """Apply one edit; its result, or None to try again later (redelivery)."""
+    async def _edit(self, key: _Key, slot: _Slot, cmd: EditCommand, retry: bool = True) -> _Verdict:
+        """Apply one edit (the caller holds ``slot.lock``): its result, ``"retry"`` to try again
+        later (redelivery) or ``"expired"`` when its deadline has passed."""
+        if cmd.clientId is None and now_ms() > cmd.deadline:
+            return "expired"  # nothing to look up: an edit without id is never a duplicate
         state = await self._state(key, slot)
         user = cmd.origin.userId
         dup = state.duplicate(user, cmd.clientId)
         if dup is not None:
-            return _ok(cmd, dup)
+            # Logged already, maybe never broadcast (a crash in between): the others need it.
+            await self._broadcast_unsent(state, user, cmd.clientId, cmd.origin.connectionId)
+            return "expired" if now_ms() > cmd.deadline else _ok(cmd, dup)
         now = now_ms()
+        if now > cmd.deadline:  # checked again: the lock and the load may have taken a while
+            return "expired"
         try:
             events = state.prepare(cmd, now)
         except OTError as exc:
@@ -241,30 +278,33 @@ class CollabService:
             )
         if not events:
             return _ok(cmd, state.unchanged(cmd, now))
-        # Known gap: the two parts of a split delete are two appends. If the second fails after
-        # the first is stored, the retried command finds the first in the dedup index and is
-        # acked as if whole; the log (and every reader of it) stays consistent, but the sender
-        # only notices the missing part at its next resync.
+        # All parts in one atomic batch: a split delete is stored whole or not at all.
+        timeout = max((cmd.deadline - now_ms()) / 1000, MIN_APPEND_S)
+        try:
+            first = await self.store.append_edit(events, state.last_seq, timeout)
+        except Conflict:
+            # Another writer, or (some of) this edit stored before a crash: the log is right.
+            slot.state = None
+            if not retry:
+                return "retry"
+            return await self._edit(key, slot, cmd, retry=False)
+        except (TimeoutError, nats.errors.Error, APIError, BatchRefused) as exc:
+            log.warning("append failed", extra={"error": repr(exc), "sessionId": key[1]})
+            slot.state = None  # the document ran ahead of the log; reload it
+            return "retry"
+        for i, ev in enumerate(events):
+            state.record(ev, first + i)
         for ev in events:
-            try:
-                ack = await self.store.append_edit(ev, state.last_seq)
-            except Conflict:
-                slot.state = None  # another writer: the log is right, re-read it
-                if not retry:
-                    return None
-                return await self._edit(key, slot, cmd, retry=False)
-            except (TimeoutError, nats.errors.Error, APIError) as exc:
-                log.warning("append failed", extra={"error": repr(exc), "sessionId": key[1]})
-                slot.state = None  # the document ran ahead of the log; reload it
-                return None
-            if ack.duplicate:
-                # Stored before a crash but unknown to this view: the log is right, re-read it.
-                slot.state = None
-                dup = (await self._state(key, slot)).duplicate(user, cmd.clientId)
-                return _ok(cmd, dup) if dup else None
-            state.record(ev, ack.seq)
             await self._broadcast_edit(ev, cmd.origin.connectionId)
+            state.broadcast(ev)
         return _ok(cmd, Outcome(events[-1].version, events[0].position, len(events)))
+
+    async def _broadcast_unsent(
+        self, state: DocState, user: str, client_id: str | None, sender: str
+    ) -> None:
+        for ev in state.unsent(user, client_id):
+            await self._broadcast_edit(ev, sender)
+            state.broadcast(ev)
 
     async def _broadcast_edit(self, ev: EditApplied, sender: str) -> None:
         frame = encode_frame("edit", ms_to_ts(ev.ts), edit_frame_data(ev))
@@ -304,7 +344,10 @@ class CollabService:
             log.exception("collaboration request failed")
             reply = CollabReply(error="internal", message="the document could not be read")
         if msg.reply:
-            await msg.respond(_rpc_encoder.encode(reply))
+            try:
+                await msg.respond(_rpc_encoder.encode(reply))
+            except Exception as exc:  # the gateway times out and answers `unavailable`
+                log.warning("collaboration reply not sent", extra={"error": repr(exc)})
 
     async def _answer(self, req: CollabRequest) -> CollabReply:
         match req:
@@ -332,8 +375,16 @@ class CollabService:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)  # a periodic timer, not synchronisation
-            now = time.monotonic()
+            try:
+                await self._tick()
+            except Exception:
+                log.exception("collaboration tick failed; going on")
+
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        try:
             await self.presence.tick(now, now - self._started)
+        finally:  # documents are tidied even when presence could not be
             horizon = now_ms() - int(self.settings.dedup_window_s * 1000) * 2
             for key, slot in list(self._slots.items()):
                 idle = slot.worker is None and not slot.queue and not slot.lock.locked()
@@ -341,6 +392,13 @@ class CollabService:
                     del self._slots[key]
                 elif slot.state is not None:
                     slot.state.forget_before(horizon)
+
+
+async def _nak(msg: Msg) -> None:
+    try:
+        await msg.nak(delay=0.5)
+    except Exception as exc:  # NATS away: redelivered after ack_wait anyway
+        log.warning("nak failed", extra={"error": repr(exc)})
 
 
 def _ok(cmd: EditCommand, outcome: Outcome) -> CommandResult:

@@ -8,6 +8,12 @@ frame ids (rebuilt from the events' ``clientId``) and the snapshot bookkeeping.
 once; ``record`` notes each one once it is in the log. If an append fails, the caller throws the
 state away and loads it again from the log, which is the only truth. ``restore`` and ``replay``
 rebuild a state from the latest snapshot and the edit events after it.
+
+A state also knows which of its versions this process has broadcast (``broadcast``): those it
+applied and sent itself since it was loaded. Everything read back from the log counts as not
+broadcast, so an edit found in the dedup index (a command redelivered after a crash between the
+append and the broadcast, or re-sent by its client) is broadcast again (``unsent``); clients apply
+by version and ignore versions they already have.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class _Seen:
     outcome: Outcome
     ts: int  # epoch ms of the edit, for the dedup window
     seq: int  # stream sequence of its first event (0: nothing was logged)
+    events: list[EditApplied]  # its logged parts, in order (to broadcast them again)
 
 
 def refusal(exc: OTError) -> tuple[str, str, dict[str, Any]]:
@@ -99,6 +106,8 @@ class DocState:
         "snapshot_version",
         "snapshot_seq",
         "_dedup",
+        "_sent_from",
+        "_sent_to",
     )
 
     def __init__(
@@ -111,6 +120,9 @@ class DocState:
         self.snapshot_version = 0  # version of the newest snapshot in the log
         self.snapshot_seq = 0  # and its stream sequence
         self._dedup: dict[tuple[str, str], _Seen] = {}
+        # versions in (_sent_from, _sent_to] were broadcast by this process; none after a load
+        self._sent_from = 0
+        self._sent_to = 0
 
     # --- rebuilding from the log ------------------------------------------------------------
     def restore(self, base: DocumentSnapshot, newest: DocumentSnapshot, newest_seq: int) -> None:
@@ -120,6 +132,7 @@ class DocState:
         self.last_seq = max(self.last_seq, base.editSeq)
         self.snapshot_version = newest.version
         self.snapshot_seq = newest_seq
+        self._sent_from = self._sent_to = self.doc.version
 
     def replay(self, ev: EditApplied, seq: int, horizon_ms: int) -> None:
         """An edit event read back from the log, in log order. Versions the document already has
@@ -128,6 +141,7 @@ class DocState:
         if ev.ts >= horizon_ms:
             self._remember(ev, seq)
         self.last_seq = max(self.last_seq, seq)
+        self._sent_from = self._sent_to = self.doc.version  # read back: not broadcast by us
 
     # --- edits ------------------------------------------------------------------------------
     def duplicate(self, user_id: str, client_id: str | None) -> Outcome | None:
@@ -135,6 +149,19 @@ class DocState:
             return None
         seen = self._dedup.get((user_id, client_id))
         return seen.outcome if seen else None
+
+    def unsent(self, user_id: str, client_id: str | None) -> list[EditApplied]:
+        """The logged parts of an edit already handled (see ``duplicate``) that this process has
+        not broadcast: all of them if they were read back from the log."""
+        seen = self._dedup.get((user_id, client_id)) if client_id is not None else None
+        if seen is None:
+            return []
+        return [ev for ev in seen.events if not self._sent_from < ev.version <= self._sent_to]
+
+    def broadcast(self, ev: EditApplied) -> None:
+        """``ev`` (a logged part) has been broadcast by this process."""
+        if ev.version == self._sent_to + 1:
+            self._sent_to = ev.version
 
     def prepare(self, cmd: EditCommand, now_ms: int) -> list[EditApplied]:
         """Transform and apply ``cmd``; the events to append, in order (``[]``: nothing changed).
@@ -184,7 +211,7 @@ class DocState:
         if re-sent (in memory only: nothing was logged)."""
         outcome = Outcome(self.doc.version, cmd.position, 0)
         if cmd.clientId is not None:
-            self._dedup[(cmd.origin.userId, cmd.clientId)] = _Seen(outcome, now_ms, 0)
+            self._dedup[(cmd.origin.userId, cmd.clientId)] = _Seen(outcome, now_ms, 0, [])
         return outcome
 
     def _remember(self, ev: EditApplied, seq: int) -> None:
@@ -193,10 +220,11 @@ class DocState:
         key = (ev.userId, ev.clientId)
         seen = self._dedup.get(key)
         if ev.part == 0 or seen is None:
-            self._dedup[key] = _Seen(Outcome(ev.version, ev.position, 1), ev.ts, seq)
+            self._dedup[key] = _Seen(Outcome(ev.version, ev.position, 1), ev.ts, seq, [ev])
         else:  # a later part of the same edit: the ack names the last version
             first = seen.outcome
             seen.outcome = Outcome(ev.version, first.position, first.parts + 1)
+            seen.events.append(ev)
 
     def forget_before(self, horizon_ms: int) -> None:
         """Drop dedup entries older than the window (kept at least that long, as promised)."""

@@ -8,10 +8,13 @@ on their version after a restart. A rebuild therefore reads fewer than ``2 * AG_
 edits, plus those of the last ``AG_DEDUP_WINDOW_S`` (``dedupFrom``) to re-learn recent client
 ids, never the document's whole history.
 
-Edits are appended with ``Nats-Expected-Last-Subject-Sequence`` (the document's last edit
+The events of one edit (two for a delete a concurrent insert split) are appended as one atomic
+batch (``append_atomic``): all of them are stored or none, so a half-applied edit never reaches
+the log. The batch carries ``Nats-Expected-Last-Subject-Sequence`` (the document's last edit
 event), so two writers can never log two operations with one version; a mismatch raises
 ``Conflict`` and the caller reloads. ``Nats-Msg-Id`` is derived from (context, session, user,
-client id, part), so a command redelivered after a crash is stored once.
+client id, part), so a command redelivered after a crash is stored once: the batch is refused as a
+duplicate (``Conflict`` too) and the reloaded document answers it from its dedup index.
 """
 
 from __future__ import annotations
@@ -20,14 +23,21 @@ import uuid
 from collections.abc import AsyncIterator
 
 import msgspec
-from nats.js import JetStreamContext
+from nats.aio.client import Client as NATS
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NotFoundError
 
 from shared import subjects
 from shared.config import Settings
 from shared.logs import get_logger
-from shared.natsio import replay, stream_seq
+from shared.natsio import (
+    BATCH_DUPLICATE_ID,
+    WRONG_LAST_SEQUENCE,
+    BatchRefused,
+    append_atomic,
+    replay,
+    stream_seq,
+)
 from shared.schemas.events import (
     DocumentSnapshot,
     EditApplied,
@@ -46,12 +56,12 @@ __all__ = ["Conflict", "DocStore", "edit_msg_id"]
 
 log = get_logger(__name__)
 
-WRONG_LAST_SEQUENCE = 10071  # JetStream API error code
 _PAYLOAD_MARGIN = 4096  # headers and subject share the message with the payload
 
 
 class Conflict(Exception):
-    """Another writer appended to the document since we read it."""
+    """The log is not what this view of the document expects: another writer appended to it
+    since we read it, or the edit is already stored. Reload and look again."""
 
 
 def edit_msg_id(ev: EditApplied) -> str:
@@ -64,10 +74,11 @@ def edit_msg_id(ev: EditApplied) -> str:
 
 
 class DocStore:
-    def __init__(self, settings: Settings, js: JetStreamContext, max_payload: int) -> None:
+    def __init__(self, settings: Settings, nc: NATS) -> None:
         self.settings = settings
-        self.js = js
-        self.snapshot_limit = max(max_payload - _PAYLOAD_MARGIN, 1024)
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.snapshot_limit = max(nc.max_payload - _PAYLOAD_MARGIN, 1024)
 
     def _new(self, context_id: str, session_id: str) -> DocState:
         return DocState(
@@ -155,13 +166,25 @@ class DocStore:
             return None
         return ev, raw.seq
 
-    async def append_edit(self, ev: EditApplied, expected: int) -> PubAck:
-        return await self._append(
-            subjects.collab_edits(ev.contextId, ev.sessionId),
-            encode_event(ev),
-            edit_msg_id(ev),
-            expected,
-        )
+    async def append_edit(self, events: list[EditApplied], expected: int, timeout: float) -> int:
+        """Append the parts of one edit atomically; the stream sequence of the first.
+
+        Raises ``Conflict`` when the document's last edit is not ``expected`` or a part is
+        already stored (the batch then stored nothing).
+        """
+        first = events[0]
+        try:
+            return await append_atomic(
+                self.nc,
+                subjects.collab_edits(first.contextId, first.sessionId),
+                [(edit_msg_id(ev), encode_event(ev)) for ev in events],
+                expected,
+                timeout=timeout,
+            )
+        except BatchRefused as exc:
+            if exc.err_code in (WRONG_LAST_SEQUENCE, BATCH_DUPLICATE_ID):
+                raise Conflict(str(exc)) from None
+            raise
 
     async def append_snapshot(self, snap: DocumentSnapshot) -> PubAck:
         t = subjects.token

@@ -15,14 +15,15 @@ from shared.logs import setup_logging
 
 class _Server(uvicorn.Server):
     gateway: Gateway
+    _drain: asyncio.Task[None] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit:
             return super().handle_exit(sig, frame)
         # Close sockets with 1001 first; uvicorn's own shutdown would say 1012.
         loop = asyncio.get_event_loop()
-        task = loop.create_task(self.gateway.drain())
-        task.add_done_callback(lambda _: super(_Server, self).handle_exit(sig, frame))
+        self._drain = loop.create_task(self.gateway.drain())  # owned: kept until it is done
+        self._drain.add_done_callback(lambda _: super(_Server, self).handle_exit(sig, frame))
 
 
 def build_server(settings: Settings) -> _Server:

@@ -12,8 +12,10 @@ each frame to them itself (not through ``Hub`` rooms), because each member has a
   (``AG-Except-Conn``), so the sender's other tabs get them; ``cursor`` and ``participant_*``
   frames skip all of the user's connections;
 - while a join or snapshot is under way the member holds the session's frames, and releases them
-  once the reply is queued, dropping edits the reply already contains: ``session_joined`` and
-  ``snapshot`` are followed by exactly the edits after their version;
+  right after the reply is queued (the reply resolves to ``(text, member.release)``, which the
+  connection's reply pump runs in the same step, before any later reply), dropping edits the reply
+  already contains: ``session_joined`` and ``snapshot`` are followed by exactly the edits after
+  their version, and before the replies to later frames;
 - an ``ack`` waits (at most ``ACK_ORDER_WAIT_S``) until the edits applied before it have been
   handed to the socket, so a client with one edit in flight per session receives that session's
   edits and its acks in version order. With several in flight, an ack can overtake an edit by a
@@ -43,7 +45,7 @@ from nats.aio.subscription import Subscription
 
 from services.gateway import metrics
 from services.gateway.collab_member import Member
-from services.gateway.connection import Conn
+from services.gateway.connection import Conn, Followed
 from services.gateway.hub import Hub
 from services.gateway.session import Reply, error_text, frame_text
 from shared import subjects
@@ -86,17 +88,15 @@ class CollaborationEndpoint:
         self._joined: dict[str, dict[str, Member]] = {}  # connection id -> session id -> member
         self._subs: dict[str, Subscription] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._hooks: set[asyncio.Task[None]] = set()
         self._beat_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._beat_task = asyncio.create_task(self._beat(), name="collab-heartbeat")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._beat_task, *self._hooks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._beat_task is not None:
+            self._beat_task.cancel()
+            await asyncio.gather(self._beat_task, return_exceptions=True)
         if self.nc.is_connected:  # the service drops this gateway's members at once
             final = CollabHeartbeat(self.hub.gateway_id, [], final=True)
             await self.nc.publish(subjects.COLLAB_HEARTBEAT, encode(final))
@@ -154,19 +154,6 @@ class CollaborationEndpoint:
             raise AGError("not_found", f"session {session_id!r} is not joined on this connection")
         return member
 
-    def _held_until_replied(self, conn: Conn, member: Member) -> asyncio.Future[str | None]:
-        """Hold the member's frames until the reply now being prepared has been queued.
-
-        The returned future resolves (to no text) when that reply is ready; a slot reserved
-        right behind it in the connection's ordered replies then releases the member.
-        """
-        member.hold()
-        gate: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        hook = asyncio.ensure_future(conn.reply(gate, then=member.release))
-        self._hooks.add(hook)
-        hook.add_done_callback(self._hooks.discard)
-        return gate
-
     def _join(self, conn: Conn, frame: ClientFrame, data: JoinSessionIn) -> Reply:
         assert conn.identity is not None
         if data.role == "host" and not conn.identity.has_role("instructor", "admin"):
@@ -178,12 +165,11 @@ class CollaborationEndpoint:
             member = Member(conn, data.sessionId, data.role, self.settings.outbound_queue)
             sessions[data.sessionId] = member
         member.role = data.role
-        gate = self._held_until_replied(conn, member)
-        return self._join_io(frame, member, new, gate)
+        member.hold()  # now, in frame order: until the reply is queued (it releases the hold)
+        return self._join_io(frame, member, new)
 
-    async def _join_io(
-        self, frame: ClientFrame, member: Member, new: bool, gate: asyncio.Future[str | None]
-    ) -> str:
+    async def _join_io(self, frame: ClientFrame, member: Member, new: bool) -> Followed:
+        """``session_joined`` (or the error), and the release of the member's held frames."""
         try:
             await self._attach(member)  # subscribed before the document is read: nothing missed
             member.announced = True
@@ -197,16 +183,16 @@ class CollaborationEndpoint:
                 "document": {"content": reply.content, "version": reply.version},
                 "participants": reply.participants,
             }
-            return frame_text("session_joined", data, id=frame.id)
+            return frame_text("session_joined", data, id=frame.id), member.release
         except AGError as exc:
             if new:
                 self._forget(member)
                 await self._detach(member)
                 await self._tell_left(member)
-            return error_text(exc, frame.id)
-        finally:
-            if not gate.done():  # cancelled only if the socket closed meanwhile
-                gate.set_result(None)
+            return error_text(exc, frame.id), member.release
+        except BaseException:  # no reply to follow: release here (a no-op once gone)
+            member.release()
+            raise
 
     async def _leave(self, frame: ClientFrame, member: Member) -> str:
         self._forget(member)
@@ -215,11 +201,11 @@ class CollaborationEndpoint:
         return frame_text("session_left", {"sessionId": member.session_id}, id=frame.id)
 
     def _snapshot(self, frame: ClientFrame, member: Member) -> Reply:
-        return self._snapshot_io(frame, member, self._held_until_replied(member.conn, member))
+        member.hold()  # now, in frame order: until the reply is queued (it releases the hold)
+        return self._snapshot_io(frame, member)
 
-    async def _snapshot_io(
-        self, frame: ClientFrame, member: Member, gate: asyncio.Future[str | None]
-    ) -> str:
+    async def _snapshot_io(self, frame: ClientFrame, member: Member) -> Followed:
+        """The ``snapshot`` (or the error), and the release of the member's held frames."""
         ctx = member.conn.context_id
         assert ctx is not None
         try:
@@ -227,12 +213,13 @@ class CollaborationEndpoint:
             member.floor = max(member.floor, reply.version)
             member.covered(reply.version)
             data = {"sessionId": member.session_id, "content": reply.content}
-            return frame_text("snapshot", {**data, "version": reply.version}, id=frame.id)
+            text = frame_text("snapshot", {**data, "version": reply.version}, id=frame.id)
+            return text, member.release
         except AGError as exc:
-            return error_text(exc, frame.id)
-        finally:
-            if not gate.done():  # cancelled only if the socket closed meanwhile
-                gate.set_result(None)
+            return error_text(exc, frame.id), member.release
+        except BaseException:  # no reply to follow: release here
+            member.release()
+            raise
 
     def _edit(self, conn: Conn, frame: ClientFrame, data: EditIn) -> Reply:
         member = self._member(conn, data.sessionId)
@@ -345,7 +332,10 @@ class CollaborationEndpoint:
     async def _tell_left(self, member: Member) -> None:
         if member.announced and self.nc.is_connected:
             leave = CollabLeave(self.hub.gateway_id, member.ref(), self.hub.next_presence_seq())
-            await self.nc.publish(subjects.RPC_COLLAB, _rpc_encoder.encode(leave))
+            try:
+                await self.nc.publish(subjects.RPC_COLLAB, _rpc_encoder.encode(leave))
+            except nats.errors.Error as exc:  # the next heartbeat no longer lists the member
+                log.warning("leave not sent", extra={"error": repr(exc)})
 
     @staticmethod
     def _subject(member: Member) -> str:
@@ -383,7 +373,9 @@ class CollaborationEndpoint:
                 log.warning("collaboration heartbeat failed", extra={"error": repr(exc)})
 
 
-async def _keep_cancellation(reply: Coroutine[Any, Any, str | None]) -> str | None:
+async def _keep_cancellation(
+    reply: Coroutine[Any, Any, str | None | Followed],
+) -> str | None | Followed:
     """Run a reply; if its task was cancelled meanwhile, end cancelled even when it finished.
 
     On Python 3.11 ``asyncio.wait_for`` (used inside nats-py's ``request``) returns the result

@@ -65,12 +65,19 @@ class Conn:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        while not self._replies.empty():  # replies nobody will send: stop their work too
+            fut, _ = self._replies.get_nowait()
+            fut.cancel()
 
     # --- outbound -------------------------------------------------------------------------
     def push(self, text: str, droppable: bool = False, seq: int | None = None) -> None:
         if self.closed:
             return
         if self._held is not None:
+            if len(self._held) >= self._out.maxsize:
+                if not droppable:
+                    self.close(CLOSE_TRY_AGAIN, "slow consumer")  # held as long as a full queue
+                return
             self._held.append((text, seq))
             return
         try:

@@ -9,11 +9,11 @@ once; ``record`` notes each one once it is in the log. If an append fails, the c
 state away and loads it again from the log, which is the only truth. ``restore`` and ``replay``
 rebuild a state from the latest snapshot and the edit events after it.
 
-A state also knows which of its versions this process has broadcast (``broadcast``): those it
-applied and sent itself since it was loaded. Everything read back from the log counts as not
-broadcast, so an edit found in the dedup index (a command redelivered after a crash between the
-append and the broadcast, or re-sent by its client) is broadcast again (``unsent``); clients apply
-by version and ignore versions they already have.
+A state also knows which of its logged edits this process has broadcast (``broadcast``): those
+it applied and sent itself, or sent again, since it was loaded. Everything read back from the log
+counts as not broadcast, so an edit found in the dedup index (a command redelivered after a crash
+between the append and the broadcast, or re-sent by its client) is broadcast again (``unsent``),
+once per process; clients apply by version and ignore versions they already have.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class _Seen:
     ts: int  # epoch ms of the edit, for the dedup window
     seq: int  # stream sequence of its first event (0: nothing was logged)
     events: list[EditApplied]  # its logged parts, in order (to broadcast them again)
+    sent: bool = False  # all of them were broadcast by this process
 
 
 def refusal(exc: OTError) -> tuple[str, str, dict[str, Any]]:
@@ -106,8 +107,6 @@ class DocState:
         "snapshot_version",
         "snapshot_seq",
         "_dedup",
-        "_sent_from",
-        "_sent_to",
     )
 
     def __init__(
@@ -120,9 +119,6 @@ class DocState:
         self.snapshot_version = 0  # version of the newest snapshot in the log
         self.snapshot_seq = 0  # and its stream sequence
         self._dedup: dict[tuple[str, str], _Seen] = {}
-        # versions in (_sent_from, _sent_to] were broadcast by this process; none after a load
-        self._sent_from = 0
-        self._sent_to = 0
 
     # --- rebuilding from the log ------------------------------------------------------------
     def restore(self, base: DocumentSnapshot, newest: DocumentSnapshot, newest_seq: int) -> None:
@@ -132,7 +128,6 @@ class DocState:
         self.last_seq = max(self.last_seq, base.editSeq)
         self.snapshot_version = newest.version
         self.snapshot_seq = newest_seq
-        self._sent_from = self._sent_to = self.doc.version
 
     def replay(self, ev: EditApplied, seq: int, horizon_ms: int) -> None:
         """An edit event read back from the log, in log order. Versions the document already has
@@ -141,7 +136,6 @@ class DocState:
         if ev.ts >= horizon_ms:
             self._remember(ev, seq)
         self.last_seq = max(self.last_seq, seq)
-        self._sent_from = self._sent_to = self.doc.version  # read back: not broadcast by us
 
     # --- edits ------------------------------------------------------------------------------
     def duplicate(self, user_id: str, client_id: str | None) -> Outcome | None:
@@ -151,17 +145,18 @@ class DocState:
         return seen.outcome if seen else None
 
     def unsent(self, user_id: str, client_id: str | None) -> list[EditApplied]:
-        """The logged parts of an edit already handled (see ``duplicate``) that this process has
-        not broadcast: all of them if they were read back from the log."""
+        """The logged parts of an edit already handled (see ``duplicate``) if this process has
+        not broadcast them (they were read back from the log); else ``[]``."""
         seen = self._dedup.get((user_id, client_id)) if client_id is not None else None
-        if seen is None:
+        if seen is None or seen.sent:
             return []
-        return [ev for ev in seen.events if not self._sent_from < ev.version <= self._sent_to]
+        return list(seen.events)
 
     def broadcast(self, ev: EditApplied) -> None:
         """``ev`` (a logged part) has been broadcast by this process."""
-        if ev.version == self._sent_to + 1:
-            self._sent_to = ev.version
+        seen = self._dedup.get((ev.userId, ev.clientId)) if ev.clientId is not None else None
+        if seen is not None and seen.events and seen.events[-1] == ev:
+            seen.sent = True  # the last part: the whole edit is out
 
     def prepare(self, cmd: EditCommand, now_ms: int) -> list[EditApplied]:
         """Transform and apply ``cmd``; the events to append, in order (``[]``: nothing changed).

@@ -10,11 +10,15 @@ ids, never the document's whole history.
 
 The events of one edit (two for a delete a concurrent insert split) are appended as one atomic
 batch (``append_atomic``): all of them are stored or none, so a half-applied edit never reaches
-the log. The batch carries ``Nats-Expected-Last-Subject-Sequence`` (the document's last edit
-event), so two writers can never log two operations with one version; a mismatch raises
-``Conflict`` and the caller reloads. ``Nats-Msg-Id`` is derived from (context, session, user,
-client id, part), so a command redelivered after a crash is stored once: the batch is refused as a
-duplicate (``Conflict`` too) and the reloaded document answers it from its dedup index.
+the log. A one-part edit, nearly all of them, is a single message and so atomic anyway: it is a
+plain publish, which costs a sixth of a batch commit (about 0.5 ms against 3 ms on nats-server
+2.12), and a document's edits are appended one after the other.
+
+Either carries ``Nats-Expected-Last-Subject-Sequence`` (the document's last edit event), so two
+writers can never log two operations with one version. ``Nats-Msg-Id`` is derived from (context,
+session, user, client id, part), so a command redelivered after a crash is stored once. A
+mismatch, or an edit found already stored, raises ``Conflict``: the caller reloads the document
+and answers a stored edit from its dedup index.
 """
 
 from __future__ import annotations
@@ -173,10 +177,18 @@ class DocStore:
         already stored (the batch then stored nothing).
         """
         first = events[0]
+        subject = subjects.collab_edits(first.contextId, first.sessionId)
+        if len(events) == 1:
+            ack = await self._append(
+                subject, encode_event(first), edit_msg_id(first), expected, timeout
+            )
+            if ack.duplicate:  # stored before (a crash): this view of the log is behind
+                raise Conflict("already stored")
+            return int(ack.seq)
         try:
             return await append_atomic(
                 self.nc,
-                subjects.collab_edits(first.contextId, first.sessionId),
+                subject,
                 [(edit_msg_id(ev), encode_event(ev)) for ev in events],
                 expected,
                 timeout=timeout,
@@ -208,13 +220,18 @@ class DocStore:
                 log.error("undecodable presence event skipped", extra={"seq": stream_seq(msg)})
 
     async def _append(
-        self, subject: str, payload: bytes, msg_id: str, expected: int | None = None
+        self,
+        subject: str,
+        payload: bytes,
+        msg_id: str,
+        expected: int | None = None,
+        timeout: float = 5.0,
     ) -> PubAck:
         headers = {"Nats-Msg-Id": msg_id}
         if expected is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
         try:
-            return await self.js.publish(subject, payload, headers=headers, timeout=5.0)
+            return await self.js.publish(subject, payload, headers=headers, timeout=timeout)
         except APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 raise Conflict from None

@@ -187,8 +187,14 @@ def peek_id(raw: bytes | str) -> str | None:
     """Best-effort client id of a frame that failed to decode, for correlating the error."""
     try:
         cid = _ID_DECODER.decode(raw).id
-    except (msgspec.DecodeError, RecursionError):
+    except RecursionError:
         return None
+    except msgspec.DecodeError:  # lone surrogates elsewhere in the frame: the stdlib reads them
+        try:
+            obj = json.loads(raw)
+        except (ValueError, RecursionError):
+            return None
+        cid = obj.get("id") if isinstance(obj, dict) else None
     if isinstance(cid, str) and 1 <= len(cid) <= 64:
         return cid
     return None

@@ -194,3 +194,30 @@ def test_edit_frames_and_message_ids() -> None:
     anon = EditApplied(operation="delete", **common)
     assert "content" not in edit_frame_data(anon)
     assert edit_msg_id(anon) != edit_msg_id(anon)  # no client id: nothing to deduplicate on
+
+
+def test_logged_edits_not_broadcast_by_this_process_are_unsent_once() -> None:
+    st = doc()
+    first = st.prepare(cmd("insert", 0, 0, cid="a", content="abcdef"), NOW)
+    commit(st, first, 0)
+    concurrent = st.prepare(cmd("insert", 3, 1, user="bob", cid="b", content="X"), NOW)
+    commit(st, concurrent, 1)
+    split = st.prepare(cmd("delete", 1, 1, user="cy", cid="c", length=4), NOW)
+    assert len(split) == 2
+    # applied and logged here, but the broadcast did not happen (yet): unsent
+    commit(st, split, 2)
+    assert st.unsent("cy", "c") == split
+    st.broadcast(split[0])
+    assert st.unsent("cy", "c") == split  # half out is not out
+    st.broadcast(split[1])
+    assert st.unsent("cy", "c") == [] and st.unsent("cy", None) == []
+    assert st.unsent("nobody", "c") == []
+    # read back from the log (a restart): nothing counts as broadcast by the new process
+    again = doc()
+    for seq, ev in enumerate([*first, *concurrent, *split], start=1):
+        again.replay(ev, seq, horizon_ms=NOW)
+    assert again.duplicate("cy", "c") == Outcome(4, split[0].position, 2)
+    assert again.unsent("cy", "c") == split and again.unsent("ann", "a") == first
+    for ev in again.unsent("cy", "c"):
+        again.broadcast(ev)
+    assert again.unsent("cy", "c") == [] and again.unsent("ann", "a") == first

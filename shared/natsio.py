@@ -14,13 +14,15 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 
 from shared.config import Settings
 from shared.logs import get_logger
 
 __all__ = [
     "BatchRefused",
+    "Conflict",
+    "append_one",
     "DurablePull",
     "append_atomic",
     "connect",
@@ -180,6 +182,31 @@ class DurablePull:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
+
+
+class Conflict(Exception):
+    """``Nats-Expected-Last-Subject-Sequence`` did not hold: another writer got there first."""
+
+
+async def append_one(
+    js: JetStreamContext,
+    subject: str,
+    payload: bytes,
+    msg_id: str,
+    expected_last_subject_seq: int | None = None,
+    timeout: float = 5.0,
+) -> PubAck:
+    """Append one event with ``Nats-Msg-Id`` (stored once) and, when given, the optimistic
+    concurrency check of the subject's last sequence (raises ``Conflict``)."""
+    headers = {"Nats-Msg-Id": msg_id}
+    if expected_last_subject_seq is not None:
+        headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_seq)
+    try:
+        return await js.publish(subject, payload, headers=headers, timeout=timeout)
+    except nats.js.errors.APIError as exc:
+        if exc.err_code == WRONG_LAST_SEQUENCE:
+            raise Conflict from None
+        raise
 
 
 class BatchRefused(Exception):

@@ -31,8 +31,10 @@ from shared.natsio import (
     BATCH_DUPLICATE_ID,
     WRONG_LAST_SEQUENCE,
     BatchRefused,
+    Conflict,
     DurablePull,
     append_atomic,
+    append_one,
     replay,
     stream_seq,
 )
@@ -64,10 +66,6 @@ _post_decoder = msgspec.json.Decoder(PostMessage)
 _history_decoder = msgspec.json.Decoder(HistoryRequest)
 _presence_decoder = msgspec.json.Decoder(PresenceChange)
 _heartbeat_decoder = msgspec.json.Decoder(GatewayHeartbeat)
-
-
-class _Conflict(Exception):
-    pass
 
 
 class ChatService:
@@ -346,7 +344,7 @@ class ChatService:
                 room.last_subject_seq,
                 timeout=max((cmd.deadline - now_ms()) / 1000, 0.05),
             )
-        except _Conflict:
+        except Conflict:
             if not retry:
                 return None
             await self._rebuild_room(cmd.contextId)
@@ -383,16 +381,8 @@ class ChatService:
         expected: int | None = None,
         timeout: float = 5.0,
     ) -> PubAck:
-        headers = {"Nats-Msg-Id": msg_id}
-        if expected is not None:
-            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
-        try:
-            with metrics.APPEND_LATENCY.time():
-                return await self.js.publish(subject, payload, headers=headers, timeout=timeout)
-        except APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise _Conflict from None
-            raise
+        with metrics.APPEND_LATENCY.time():
+            return await append_one(self.js, subject, payload, msg_id, expected, timeout)
 
     # --- history --------------------------------------------------------------------------
     async def _on_history(self, msg: Msg) -> None:

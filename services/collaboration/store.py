@@ -29,9 +29,9 @@ from collections.abc import AsyncIterator
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.api import PubAck
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import NotFoundError
 
-from shared import subjects
+from shared import natsio, subjects
 from shared.config import Settings
 from shared.logs import get_logger
 from shared.natsio import (
@@ -39,6 +39,7 @@ from shared.natsio import (
     WRONG_LAST_SEQUENCE,
     BatchRefused,
     append_atomic,
+    append_one,
     replay,
     stream_seq,
 )
@@ -227,12 +228,7 @@ class DocStore:
         expected: int | None = None,
         timeout: float = 5.0,
     ) -> PubAck:
-        headers = {"Nats-Msg-Id": msg_id}
-        if expected is not None:
-            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
         try:
-            return await self.js.publish(subject, payload, headers=headers, timeout=timeout)
-        except APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise Conflict from None
-            raise
+            return await append_one(self.js, subject, payload, msg_id, expected, timeout)
+        except natsio.Conflict:
+            raise Conflict from None

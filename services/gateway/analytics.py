@@ -31,7 +31,7 @@ from nats.aio.client import Client as NATS
 
 from services.gateway.connection import Conn, Followed
 from services.gateway.hub import Hub
-from services.gateway.session import Reply, error_text, frame_text
+from services.gateway.session import Reply, connected_text, error_text, frame_text
 from shared import subjects
 from shared.auth import AuthFailure, Identity, TokenVerifier
 from shared.config import Settings
@@ -115,22 +115,9 @@ class AnalyticsEndpoint:
     # --- open / close ---------------------------------------------------------------------
     async def on_open(self, conn: Conn, last_seq: int | None) -> None:
         assert conn.identity is not None and conn.context_id is not None
-        ident = conn.identity
         sub = self._subs[conn.id] = _Subscription()
         await self.hub.join(subjects.metrics_live(conn.context_id), conn, accept=sub.accept)
-        await conn.reply(
-            frame_text(
-                "connected",
-                {
-                    "connectionId": conn.id,
-                    "userId": ident.user_id,
-                    "username": ident.name,
-                    "contextId": conn.context_id,
-                    "roles": list(ident.roles),
-                    "serverTime": ms_to_ts(now_ms()),
-                },
-            )
-        )
+        await conn.reply(connected_text(conn))
 
     async def on_close(self, conn: Conn) -> None:
         assert conn.context_id is not None

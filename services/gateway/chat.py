@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 from services.gateway import metrics
 from services.gateway.connection import Conn
 from services.gateway.hub import Hub
-from services.gateway.session import Reply, error_text, frame_text
+from services.gateway.session import Reply, connected_text, error_text, frame_text
 from services.gateway.typing_state import TypingTracker
 from shared import subjects
 from shared.auth import Identity
@@ -30,7 +30,7 @@ from shared.schemas.commands import (
     PresenceReply,
 )
 from shared.schemas.wire import ChatMessageIn, ClientFrame, HistoryIn, TypingIn, encode
-from shared.timefmt import ms_to_ts, now_ms, parse_ts
+from shared.timefmt import now_ms, parse_ts
 
 __all__ = ["ChatEndpoint"]
 
@@ -65,23 +65,11 @@ class ChatEndpoint:
     # --- open / close ---------------------------------------------------------------------
     async def on_open(self, conn: Conn, last_seq: int | None) -> None:
         assert conn.identity is not None and conn.context_id is not None
-        ident, ctx = conn.identity, conn.context_id
+        ctx = conn.context_id
         conn.hold()  # broadcasts wait until connected/presence/recovery are out
         await self.hub.join(subjects.chat_live(ctx), conn)
         users = await self._presence_open(conn)
-        await conn.reply(
-            frame_text(
-                "connected",
-                {
-                    "connectionId": conn.id,
-                    "userId": ident.user_id,
-                    "username": ident.name,
-                    "contextId": ctx,
-                    "roles": list(ident.roles),
-                    "serverTime": frame_ts(),
-                },
-            )
-        )
+        await conn.reply(connected_text(conn))
         await conn.reply(frame_text("presence", {"users": users}))
         replayed = last_seq
         if last_seq is not None:
@@ -238,7 +226,3 @@ class ChatEndpoint:
 def _conn_ref(conn: Conn) -> Connection:
     assert conn.identity is not None and conn.context_id is not None
     return Connection(conn.context_id, conn.id, conn.identity.user_id, conn.identity.name)
-
-
-def frame_ts() -> str:
-    return ms_to_ts(now_ms())

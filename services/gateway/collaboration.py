@@ -47,7 +47,7 @@ from services.gateway import metrics
 from services.gateway.collab_member import Member
 from services.gateway.connection import Conn, Followed
 from services.gateway.hub import Hub
-from services.gateway.session import Reply, error_text, frame_text
+from services.gateway.session import Reply, connected_text, error_text, frame_text
 from shared import subjects
 from shared.auth import Identity
 from shared.config import Settings
@@ -64,7 +64,7 @@ from shared.schemas.commands import (
     Origin,
 )
 from shared.schemas.wire import ClientFrame, CursorIn, EditIn, JoinSessionIn, SessionRefIn, encode
-from shared.timefmt import ms_to_ts, now_ms
+from shared.timefmt import now_ms
 
 __all__ = ["CollaborationEndpoint"]
 
@@ -109,12 +109,7 @@ class CollaborationEndpoint:
 
     # --- open / close ---------------------------------------------------------------------
     async def on_open(self, conn: Conn, last_seq: int | None) -> None:
-        ident = conn.identity
-        assert ident is not None
-        data: dict[str, Any] = {"connectionId": conn.id, "userId": ident.user_id}
-        data["username"] = ident.name
-        data |= {"contextId": conn.context_id, "roles": list(ident.roles)}
-        await conn.reply(frame_text("connected", data | {"serverTime": ms_to_ts(now_ms())}))
+        await conn.reply(connected_text(conn))
 
     async def on_close(self, conn: Conn) -> None:
         for member in list(self._joined.pop(conn.id, {}).values()):

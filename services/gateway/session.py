@@ -35,7 +35,7 @@ from shared.schemas.wire import encode_frame as _encode_frame
 from shared.schemas.wire import error_frame as _error_frame
 from shared.timefmt import ms_to_ts, now_ms
 
-__all__ = ["Endpoint", "Reply", "SessionRunner", "frame_text", "error_text"]
+__all__ = ["Endpoint", "Reply", "SessionRunner", "connected_text", "frame_text", "error_text"]
 
 log = get_logger(__name__)
 
@@ -44,6 +44,21 @@ Reply = Awaitable[str | None | Followed] | str | None
 
 def frame_text(type: str, data: Any = None, *, id: str | None = None) -> str:
     return _encode_frame(type, ms_to_ts(now_ms()), data, id=id).decode()
+
+
+def connected_text(conn: Conn) -> str:
+    """The ``connected`` frame every endpoint sends first."""
+    ident = conn.identity
+    assert ident is not None
+    data = {
+        "connectionId": conn.id,
+        "userId": ident.user_id,
+        "username": ident.name,
+        "contextId": conn.context_id,
+        "roles": list(ident.roles),
+        "serverTime": ms_to_ts(now_ms()),
+    }
+    return frame_text("connected", data)
 
 
 def error_text(exc: AGError, id: str | None = None) -> str:

@@ -82,3 +82,23 @@ async def make_stack(tmp_path: Path, nats_url: str) -> AsyncIterator[Callable[..
 async def stack(make_stack: Callable[..., Any]) -> Stack:
     result: Stack = await make_stack()
     return result
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Any]:
+    """A NATS client on the test's server."""
+    import nats
+
+    conn = await nats.connect(nats_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def astack(make_stack: Callable[..., Any], nc: Any) -> Stack:
+    """Chat + one gateway + the analytics aggregator."""
+    from tests.integration.analytics_support import start_analytics
+
+    stack: Stack = await make_stack()
+    await start_analytics(stack, nc)
+    return stack

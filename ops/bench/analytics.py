@@ -61,60 +61,50 @@ def _log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
+def random_event(
+    rnd: random.Random,
+    i: int,
+    context: str,
+    user: str,
+    ts: int,
+    max_scores: tuple[int, ...] = (10, 20, 100),
+    round_scores: bool = True,
+) -> tuple[str, dict[str, Any]]:
+    """One plausible event (subject, body): half chat messages, then presence, edits and
+    assessments. Shared by this benchmark and the analytics integration tests."""
+    r = rnd.random()
+    base: dict[str, Any] = {"contextId": context, "ts": ts, "userId": user}
+    if r < 0.5:
+        body = {"type": "chat.message", "messageId": f"m{i}", "seq": i, "userName": user}
+        return subjects.chat_messages(context), base | body | {"content": "a course message"}
+    if r < 0.7:
+        kind = "chat.user_joined" if rnd.random() < 0.55 else "chat.user_left"
+        return subjects.chat_presence(context), base | {"type": kind, "userName": user}
+    if r < 0.85:
+        body = {"type": "collab.edit", "sessionId": "doc-1", "version": i, "userName": user}
+        edit = {"operation": "insert", "position": 0, "content": "word "}
+        return subjects.collab_edits(context, "doc-1"), base | body | edit
+    max_score = rnd.choice(max_scores)
+    score = rnd.random() * max_score
+    body = {
+        "type": "learning.assessment_submitted",
+        "assessmentId": f"quiz-{rnd.randrange(5)}",
+        "score": round(score, 2) if round_scores else score,
+        "maxScore": max_score,
+        "completed": rnd.random() < 0.9,
+    }
+    return subjects.learning(context, "assessment_submitted"), base | body
+
+
 def generate(n: int, now: int, seed: int = 1, contexts: int = 100) -> list[tuple[str, bytes]]:
     """n events, oldest first, spread over the last 24 h."""
     rnd = random.Random(seed)
-    out: list[tuple[str, bytes]] = []
     step = DAY_MS / max(n, 1)
+    out: list[tuple[str, bytes]] = []
     for i in range(n):
         ctx = f"course-{rnd.randrange(contexts)}"
         user = f"user-{rnd.randrange(1000)}"
-        ts = int(now - DAY_MS + i * step)
-        r = rnd.random()
-        ev: dict[str, Any]
-        if r < 0.5:
-            ev = {
-                "type": "chat.message",
-                "contextId": ctx,
-                "ts": ts,
-                "messageId": f"m{i}",
-                "seq": i,
-                "userId": user,
-                "userName": user,
-                "content": "a message of ordinary length for a course chat room",
-            }
-            subject = subjects.chat_messages(ctx)
-        elif r < 0.7:
-            kind = "chat.user_joined" if rnd.random() < 0.55 else "chat.user_left"
-            ev = {"type": kind, "contextId": ctx, "ts": ts, "userId": user, "userName": user}
-            subject = subjects.chat_presence(ctx)
-        elif r < 0.85:
-            ev = {
-                "type": "collab.edit",
-                "contextId": ctx,
-                "ts": ts,
-                "sessionId": "doc-1",
-                "version": i,
-                "operation": "insert",
-                "position": 0,
-                "content": "word ",
-                "userId": user,
-                "userName": user,
-            }
-            subject = subjects.collab_edits(ctx, "doc-1")
-        else:
-            max_score = rnd.choice([10, 20, 100])
-            ev = {
-                "type": "learning.assessment_submitted",
-                "contextId": ctx,
-                "ts": ts,
-                "userId": user,
-                "assessmentId": f"quiz-{rnd.randrange(5)}",
-                "score": round(rnd.random() * max_score, 2),
-                "maxScore": max_score,
-                "completed": rnd.random() < 0.9,
-            }
-            subject = subjects.learning(ctx, "assessment_submitted")
+        subject, ev = random_event(rnd, i, ctx, user, int(now - DAY_MS + i * step))
         out.append((subject, _enc.encode(ev)))
     return out
 

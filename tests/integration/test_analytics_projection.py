@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
+from ops.bench.analytics import random_event
 from shared import subjects
 from shared.timefmt import now_ms
 from tests.helpers import Stack
@@ -63,57 +64,16 @@ async def test_query_runs_on_the_aggregator_refuses_writes_and_falls_back_to_the
 
 
 async def _traffic(nc: NATS, contexts: list[str], n: int, seed: int = 7) -> None:
-    """n scripted events over several contexts, straight into the log (core publishes)."""
+    """n random events over several contexts in the last 2 h, straight into the log (core
+    publishes). Unrounded scores over odd maxima make exact summation matter for replay."""
     rnd = random.Random(seed)
     now = now_ms()
     for i in range(n):
-        c = rnd.choice(contexts)
-        user = f"u{rnd.randrange(6)}"
+        context, user = rnd.choice(contexts), f"u{rnd.randrange(6)}"
         ts = now - rnd.randrange(0, 2 * 3600_000)
-        kind = rnd.random()
-        if kind < 0.5:
-            ev: dict[str, Any] = {
-                "type": "chat.message",
-                "contextId": c,
-                "ts": ts,
-                "messageId": f"m{i}",
-                "seq": i,
-                "userId": user,
-                "userName": user,
-                "content": "x",
-            }
-            subject = subjects.chat_messages(c)
-        elif kind < 0.7:
-            t = "chat.user_joined" if rnd.random() < 0.6 else "chat.user_left"
-            ev = {"type": t, "contextId": c, "ts": ts, "userId": user, "userName": user}
-            subject = subjects.chat_presence(c)
-        elif kind < 0.85:
-            ev = {
-                "type": "collab.edit",
-                "contextId": c,
-                "ts": ts,
-                "sessionId": "s",
-                "version": i,
-                "operation": "insert",
-                "position": 0,
-                "content": "x",
-                "userId": user,
-                "userName": user,
-            }
-            subject = subjects.collab_edits(c, "s")
-        else:
-            max_score = rnd.choice([1, 3, 7, 10, 100])
-            ev = {
-                "type": "learning.assessment_submitted",
-                "contextId": c,
-                "ts": ts,
-                "userId": user,
-                "assessmentId": f"q{rnd.randrange(3)}",
-                "score": rnd.random() * max_score,
-                "maxScore": max_score,
-                "completed": rnd.random() < 0.8,
-            }
-            subject = subjects.learning(c, "assessment_submitted")
+        subject, ev = random_event(
+            rnd, i, context, user, ts, max_scores=(1, 3, 7, 10, 100), round_scores=False
+        )
         await nc.publish(subject, json.dumps(ev).encode())
     await nc.flush()
 

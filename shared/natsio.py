@@ -139,6 +139,26 @@ class DurablePull:
         self.dedup_window_s = dedup_window_s
         self._sub: JetStreamContext.PullSubscription | None = None
 
+    @classmethod
+    def commands(
+        cls, js: JetStreamContext, settings: Settings, subject: str, durable: str
+    ) -> DurablePull:
+        """A service's consumer of its commands on ``AG_CMDS``: explicit acks, redelivery after
+        30 s for a command whose handler died."""
+        from shared import subjects
+
+        return cls(
+            js,
+            subject,
+            durable=durable,
+            stream=subjects.COMMANDS_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_ack_pending=4096
+            ),
+            replicas=settings.stream_replicas,
+            dedup_window_s=settings.dedup_window_s,
+        )
+
     async def open(self) -> None:
         self._sub = await self.js.pull_subscribe(
             self.subject, durable=self.durable, stream=self.stream, config=self.config

@@ -18,7 +18,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, PubAck
+from nats.js.api import PubAck
 from nats.js.errors import APIError
 
 from services.chat import metrics
@@ -92,16 +92,8 @@ class ChatService:
             await nc.subscribe(subjects.RPC_CHAT_PRESENCE, "chat", cb=self._on_presence),
             await nc.subscribe(subjects.GATEWAY_HEARTBEAT, cb=self._on_heartbeat),
         ]
-        self._psub = DurablePull(
-            self.js,
-            subjects.CHAT_COMMANDS_ALL,
-            durable="chat",
-            stream=subjects.COMMANDS_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_ack_pending=4096
-            ),
-            replicas=self.settings.stream_replicas,
-            dedup_window_s=self.settings.dedup_window_s,
+        self._psub = DurablePull.commands(
+            self.js, self.settings, subjects.CHAT_COMMANDS_ALL, "chat"
         )
         await self._psub.open()
         self._tasks = [

@@ -46,7 +46,6 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import APIError
 from prometheus_client import Counter, Histogram
 
@@ -123,16 +122,8 @@ class CollabService:
     async def start(self) -> None:
         await self.presence.rebuild()
         self._started = time.monotonic()
-        self._psub = DurablePull(
-            self.js,
-            subjects.COLLAB_COMMANDS_ALL,
-            durable=DURABLE,
-            stream=subjects.COMMANDS_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_ack_pending=4096
-            ),
-            replicas=self.settings.stream_replicas,
-            dedup_window_s=self.settings.dedup_window_s,
+        self._psub = DurablePull.commands(
+            self.js, self.settings, subjects.COLLAB_COMMANDS_ALL, DURABLE
         )
         await self._psub.open()
         self._tasks = [

@@ -102,3 +102,11 @@ async def astack(make_stack: Callable[..., Any], nc: Any) -> Stack:
     stack: Stack = await make_stack()
     await start_analytics(stack, nc)
     return stack
+
+
+@pytest.fixture
+def wire_audit(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+    """Every server frame the SDK decodes must fit its typed frames (see sdk_support)."""
+    from tests.integration.sdk_support import audit_frames
+
+    yield from audit_frames(monkeypatch)

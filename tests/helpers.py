@@ -316,11 +316,16 @@ class Client:
         return frame
 
     async def expect(
-        self, type: str, timeout: float = 5, where: Callable[[dict[str, Any]], bool] | None = None
+        self,
+        type: str | tuple[str, ...],
+        timeout: float = 5,
+        where: Callable[[dict[str, Any]], bool] | None = None,
     ) -> dict[str, Any]:
-        """The next frame of ``type`` (matching ``where``); earlier other frames are kept."""
+        """The next frame of ``type`` (or of any of several types) matching ``where``; earlier
+        other frames are kept."""
+        types = (type,) if isinstance(type, str) else type
         for i, f in enumerate(self.seen):
-            if f["type"] == type and (where is None or where(f)):
+            if f["type"] in types and (where is None or where(f)):
                 return self.seen.pop(i)
         deadline = time.monotonic() + T(timeout)
         while True:
@@ -329,7 +334,7 @@ class Client:
                 raise TimeoutError(f"no {type!r} frame; saw {[f['type'] for f in self.seen]}")
             raw = await asyncio.wait_for(self.ws.recv(), left)
             frame = json.loads(raw)
-            if frame["type"] == type and (where is None or where(frame)):
+            if frame["type"] in types and (where is None or where(frame)):
                 return frame
             self.seen.append(frame)
 

@@ -63,22 +63,11 @@ async def chat_ready(client: Client, timeout: float = 60) -> dict[str, Any]:
         attempt += 1
         frame_id = f"ready{attempt}"
         await client.send({"type": "history", "id": frame_id, "data": {}})
-        frame = await _reply(client, frame_id)
+        frame = await client.expect(
+            ("history", "error"), 15, where=lambda f, fid=frame_id: f.get("id") == fid
+        )
         if frame["type"] == "history":
             return frame
         if time.monotonic() > deadline:
             raise TimeoutError(f"chat service did not answer history: {frame}")
         await asyncio.sleep(1)  # the service is restarting; ask again
-
-
-async def _reply(client: Client, frame_id: str) -> dict[str, Any]:
-    """The `history` or `error` frame that answers ``frame_id``."""
-    deadline = time.monotonic() + T(15)
-    while True:
-        for i, f in enumerate(client.seen):
-            if f.get("id") == frame_id and f["type"] in ("history", "error"):
-                return client.seen.pop(i)
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"no reply to {frame_id}")
-        client.seen.append(await client.recv(left))

@@ -55,22 +55,10 @@ async def send_until_acked(client: Client, frame_id: str, content: str) -> dict[
     deadline = time.monotonic() + T(60)
     while True:
         await client.send({"type": "message", "id": frame_id, "data": {"content": content}})
-        reply = await _ack_or_error(client, frame_id)
+        reply = await client.expect(("ack", "error"), 15, where=lambda f: f.get("id") == frame_id)
         if reply["type"] == "ack" or time.monotonic() > deadline:
             return reply
         await asyncio.sleep(1)  # the cluster is electing a leader; ask again
-
-
-async def _ack_or_error(client: Client, frame_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + T(15)
-    while True:
-        for i, f in enumerate(client.seen):
-            if f.get("id") == frame_id and f["type"] in ("ack", "error"):
-                return client.seen.pop(i)
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"no reply to {frame_id}")
-        client.seen.append(await client.recv(left))
 
 
 def content_is(text: str) -> Any:

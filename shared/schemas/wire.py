@@ -195,9 +195,18 @@ def peek_id(raw: bytes | str) -> str | None:
         except (ValueError, RecursionError):
             return None
         cid = obj.get("id") if isinstance(obj, dict) else None
-    if isinstance(cid, str) and 1 <= len(cid) <= 64:
+    if isinstance(cid, str) and 1 <= len(cid) <= 64 and _encodable(cid):
         return cid
     return None
+
+
+def _encodable(text: str) -> bool:
+    """False for strings holding lone surrogates: they cannot be echoed back as JSON text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --- server frames -----------------------------------------------------------------------------
@@ -223,7 +232,14 @@ def encode_frame(
 
 
 def error_frame(exc: AGError, timestamp: str, id: str | None = None) -> bytes:
-    return encode_frame("error", timestamp, exc.payload(), id=id, error=exc.message)
+    """The error frame; never fails on what a client sent (an id or text that cannot be
+    encoded is left out), so no client input turns into ``internal``."""
+    try:
+        return encode_frame("error", timestamp, exc.payload(), id=id, error=exc.message)
+    except UnicodeEncodeError:
+        message = exc.message.encode("utf-8", "replace").decode("utf-8")
+        payload = {"code": exc.code}
+        return encode_frame("error", timestamp, payload, error=message)
 
 
 def encode(obj: Any) -> bytes:

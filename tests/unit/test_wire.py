@@ -86,3 +86,21 @@ def test_peek_id_recovers_the_correlation_id_of_a_bad_frame() -> None:
 def test_subject_tokens_are_safe_and_reversible(value: str) -> None:
     tok = token(value)
     assert not set(tok) & set(". *>\t") and untoken(tok) == value
+
+
+def test_an_id_that_cannot_be_encoded_is_not_echoed() -> None:
+    raw = '{"type":"nope","id":"\\ud800x","data":{}}'
+    assert code("chat", raw) == "invalid_message"
+    assert peek_id(raw) is None
+    assert peek_id('{"type":"nope","id":"ok-1","data":{"x":"\\udc00"}}') == "ok-1"
+
+
+def test_an_error_frame_never_fails_on_client_text() -> None:
+    import json
+
+    from shared.schemas.wire import error_frame
+
+    exc = AGError("invalid_message", "bad \ud800 text")
+    frame = json.loads(error_frame(exc, "2026-01-01T00:00:00.000Z", id="\udc00"))
+    assert frame["data"] == {"code": "invalid_message"} and "id" not in frame
+    assert frame["type"] == "error" and frame["error"].startswith("bad ")

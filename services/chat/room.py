@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from shared.schemas.events import ChatMessagePosted
+from shared.schemas.events import ChatMessagePosted, dedup_key
 from shared.timefmt import ms_to_ts
 
 __all__ = ["Room", "message_wire"]
@@ -35,7 +35,8 @@ class Room:
         self.messages: list[ChatMessagePosted] = []
         self._ts: list[int] = []  # message timestamps, for `before` cursors (non-decreasing)
         self.last_subject_seq = 0  # stream sequence of this room's last message event
-        # (userId, clientId) -> (messageId, seq, ts): a frame re-sent with its id is stored once
+        # dedup_key -> (messageId, seq, ts): a frame re-sent with its id, or a command
+        # redelivered, is stored once
         self._dedup: dict[tuple[str, str], tuple[str, int, int]] = {}
         # Seqs read back from the log whose broadcast this process cannot vouch for (a crash
         # between append and broadcast): a re-sent frame for one of them broadcasts it again.
@@ -53,8 +54,9 @@ class Room:
         # Timestamps come from one chat service clock; clamp so a clock step back keeps order.
         self._ts.append(max(ev.ts, self._ts[-1]) if self._ts else ev.ts)
         self.last_subject_seq = stream_seq
-        if ev.clientId is not None:
-            self._dedup[(ev.userId, ev.clientId)] = (ev.messageId, ev.seq, ev.ts)
+        key = dedup_key(ev.userId, ev.clientId, ev.requestId)
+        if key is not None:
+            self._dedup[key] = (ev.messageId, ev.seq, ev.ts)
         return True
 
     def mark_unsure_since(self, horizon_ms: int) -> None:
@@ -67,10 +69,12 @@ class Room:
     def message(self, seq: int) -> ChatMessagePosted | None:
         return self.messages[seq - 1] if 1 <= seq <= len(self.messages) else None
 
-    def duplicate_of(self, user_id: str, client_id: str | None) -> tuple[str, int] | None:
-        if client_id is None:
-            return None
-        hit = self._dedup.get((user_id, client_id))
+    def duplicate_of(
+        self, user_id: str, client_id: str | None, request_id: str | None = None
+    ) -> tuple[str, int] | None:
+        """(messageId, seq) of the message stored under this ``dedup_key``, if any."""
+        key = dedup_key(user_id, client_id, request_id)
+        hit = self._dedup.get(key) if key is not None else None
         return (hit[0], hit[1]) if hit else None
 
     def forget_before(self, horizon_ms: int) -> None:

@@ -47,6 +47,7 @@ from shared.schemas.commands import (
     PostMessage,
     PresenceChange,
     PresenceReply,
+    command_key,
 )
 from shared.schemas.events import (
     ChatMessagePosted,
@@ -205,8 +206,8 @@ class ChatService:
         store: list[tuple[Msg, PostMessage, ChatMessagePosted, str]] = []
         keys: set[tuple[str, str]] = set()
         for msg, cmd in batch:
-            user = cmd.origin.userId
-            dup = room.duplicate_of(user, cmd.clientId)
+            key = command_key(cmd)
+            dup = room.duplicate_of(cmd.origin.userId, cmd.clientId, cmd.requestId)
             if dup is not None:
                 await self._rebroadcast_if_unsure(room, dup[1])
                 await self._finish(msg, cmd, self._ok(cmd, *dup))
@@ -214,16 +215,15 @@ class ChatService:
             if now > cmd.deadline:
                 await self._finish(msg, cmd, None, expired=True)
                 continue
-            if cmd.clientId is not None and (user, cmd.clientId) in keys:
+            if key in keys:
                 # the same frame twice in one fetch: the one-by-one path acks the copy
                 return [(m, c) for m, c, _, _ in store] + batch[batch.index((msg, cmd)) :]
             if not self.limiter.hit(cmd.contextId, mono):
                 await self._finish(msg, cmd, self._rate_limited(cmd))
                 continue
             ev = self._event(cmd, room.seq + 1 + len(store))
-            store.append((msg, cmd, ev, self._msg_id(cmd, ev)))
-            if cmd.clientId is not None:
-                keys.add((user, cmd.clientId))
+            store.append((msg, cmd, ev, self._msg_id(cmd)))
+            keys.add(key)
         if not store:
             return []
         # Give up before the first gateway does, so `unavailable` stays true (PROTOCOL.md).
@@ -284,14 +284,17 @@ class ChatService:
             content=cmd.content,
             messageType=cmd.messageType,
             clientId=cmd.clientId,
+            requestId=cmd.requestId if cmd.clientId is None else None,
         )
 
     @staticmethod
-    def _msg_id(cmd: PostMessage, ev: ChatMessagePosted) -> str:
-        if cmd.clientId is None:
-            return ev.messageId
-        user = subjects.token(cmd.origin.userId)
-        return f"chat:{subjects.token(cmd.contextId)}:{user}:{cmd.clientId}"
+    def _msg_id(cmd: PostMessage) -> str:
+        """``Nats-Msg-Id``: the same for every delivery of a command and for a re-sent frame id,
+        so JetStream stores it once within its duplicate window."""
+        # token() keeps the header safe: a client id may hold any character, even CR/LF.
+        t = subjects.token
+        user, ident = command_key(cmd)
+        return f"chat:{t(cmd.contextId)}:{t(user) if user else '~'}:{t(ident)}"
 
     @staticmethod
     def _rate_limited(cmd: PostMessage) -> CommandResult:
@@ -318,8 +321,7 @@ class ChatService:
 
     async def _post_locked(self, cmd: PostMessage, retry: bool = True) -> CommandResult | None:
         room = self._room(cmd.contextId)
-        user = cmd.origin.userId
-        dup = room.duplicate_of(user, cmd.clientId)
+        dup = room.duplicate_of(cmd.origin.userId, cmd.clientId, cmd.requestId)
         if dup is not None:
             await self._rebroadcast_if_unsure(room, dup[1])
             return self._ok(cmd, *dup)
@@ -332,7 +334,7 @@ class ChatService:
             ack = await self._append(
                 subjects.chat_messages(cmd.contextId),
                 encode_event(ev),
-                self._msg_id(cmd, ev),
+                self._msg_id(cmd),
                 room.last_subject_seq,
                 timeout=max((cmd.deadline - now_ms()) / 1000, 0.05),
             )
@@ -347,7 +349,7 @@ class ChatService:
         if ack.duplicate:
             # Stored before a crash but unknown to this view: the log is right, re-read it.
             room = await self._rebuild_room(cmd.contextId)
-            dup = room.duplicate_of(user, cmd.clientId)
+            dup = room.duplicate_of(cmd.origin.userId, cmd.clientId, cmd.requestId)
             if dup is None:
                 return None
             await self._rebroadcast_if_unsure(room, dup[1])

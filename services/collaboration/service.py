@@ -243,14 +243,11 @@ class CollabService:
     async def _edit(self, key: _Key, slot: _Slot, cmd: EditCommand, retry: bool = True) -> _Verdict:
         """Apply one edit (the caller holds ``slot.lock``): its result, ``"retry"`` to try again
         later (redelivery) or ``"expired"`` when its deadline has passed."""
-        if cmd.clientId is None and now_ms() > cmd.deadline:
-            return "expired"  # nothing to look up: an edit without id is never a duplicate
         state = await self._state(key, slot)
-        user = cmd.origin.userId
-        dup = state.duplicate(user, cmd.clientId)
+        dup = state.duplicate(cmd.origin.userId, cmd.clientId, cmd.requestId)
         if dup is not None:
             # Logged already, maybe never broadcast (a crash in between): the others need it.
-            await self._broadcast_unsent(state, user, cmd.clientId, cmd.origin.connectionId)
+            await self._broadcast_unsent(state, cmd)
             return "expired" if now_ms() > cmd.deadline else _ok(cmd, dup)
         now = now_ms()
         if now > cmd.deadline:  # checked again: the lock and the load may have taken a while
@@ -290,11 +287,9 @@ class CollabService:
             state.broadcast(ev)
         return _ok(cmd, Outcome(events[-1].version, events[0].position, len(events)))
 
-    async def _broadcast_unsent(
-        self, state: DocState, user: str, client_id: str | None, sender: str
-    ) -> None:
-        for ev in state.unsent(user, client_id):
-            await self._broadcast_edit(ev, sender)
+    async def _broadcast_unsent(self, state: DocState, cmd: EditCommand) -> None:
+        for ev in state.unsent(cmd.origin.userId, cmd.clientId, cmd.requestId):
+            await self._broadcast_edit(ev, cmd.origin.connectionId)
             state.broadcast(ev)
 
     async def _broadcast_edit(self, ev: EditApplied, sender: str) -> None:

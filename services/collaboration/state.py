@@ -2,7 +2,8 @@
 
 ``DocState`` wraps the OT core's ``Document`` with what the event log adds: the stream sequence
 of the last edit event (for ``Nats-Expected-Last-Subject-Sequence``), the dedup index of client
-frame ids (rebuilt from the events' ``clientId``) and the snapshot bookkeeping.
+frame ids (rebuilt from the events' ``clientId``, or ``requestId`` for a frame sent without an id)
+and the snapshot bookkeeping.
 
 ``prepare`` turns an edit command into the events to append and applies them to the document at
 once; ``record`` notes each one once it is in the log. If an append fails, the caller throws the
@@ -23,8 +24,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from shared.schemas.commands import EditCommand
-from shared.schemas.events import DocumentSnapshot, EditApplied, encode_event
+from shared.schemas.commands import EditCommand, command_key
+from shared.schemas.events import DocumentSnapshot, EditApplied, dedup_key, encode_event
 
 from .document import Document
 from .ot import Delete, Insert, Op
@@ -138,23 +139,29 @@ class DocState:
         self.last_seq = max(self.last_seq, seq)
 
     # --- edits ------------------------------------------------------------------------------
-    def duplicate(self, user_id: str, client_id: str | None) -> Outcome | None:
-        if client_id is None:
-            return None
-        seen = self._dedup.get((user_id, client_id))
+    def duplicate(
+        self, user_id: str, client_id: str | None, request_id: str | None = None
+    ) -> Outcome | None:
+        """The outcome of the edit already handled under this ``dedup_key``, if any."""
+        key = dedup_key(user_id, client_id, request_id)
+        seen = self._dedup.get(key) if key is not None else None
         return seen.outcome if seen else None
 
-    def unsent(self, user_id: str, client_id: str | None) -> list[EditApplied]:
+    def unsent(
+        self, user_id: str, client_id: str | None, request_id: str | None = None
+    ) -> list[EditApplied]:
         """The logged parts of an edit already handled (see ``duplicate``) if this process has
         not broadcast them (they were read back from the log); else ``[]``."""
-        seen = self._dedup.get((user_id, client_id)) if client_id is not None else None
+        key = dedup_key(user_id, client_id, request_id)
+        seen = self._dedup.get(key) if key is not None else None
         if seen is None or seen.sent:
             return []
         return list(seen.events)
 
     def broadcast(self, ev: EditApplied) -> None:
         """``ev`` (a logged part) has been broadcast by this process."""
-        seen = self._dedup.get((ev.userId, ev.clientId)) if ev.clientId is not None else None
+        key = dedup_key(ev.userId, ev.clientId, ev.requestId)
+        seen = self._dedup.get(key) if key is not None else None
         if seen is not None and seen.events and seen.events[-1] == ev:
             seen.sent = True  # the last part: the whole edit is out
 
@@ -192,6 +199,7 @@ class DocState:
                 length=done.length,
                 clientId=cmd.clientId,
                 part=part,
+                requestId=cmd.requestId if cmd.clientId is None else None,
             )
             for part, (done, version) in enumerate(applied)
         ]
@@ -205,14 +213,13 @@ class DocState:
         """An edit that transformed to nothing: acked with the current version, and again so
         if re-sent (in memory only: nothing was logged)."""
         outcome = Outcome(self.doc.version, cmd.position, 0)
-        if cmd.clientId is not None:
-            self._dedup[(cmd.origin.userId, cmd.clientId)] = _Seen(outcome, now_ms, 0, [])
+        self._dedup[command_key(cmd)] = _Seen(outcome, now_ms, 0, [])
         return outcome
 
     def _remember(self, ev: EditApplied, seq: int) -> None:
-        if ev.clientId is None:
+        key = dedup_key(ev.userId, ev.clientId, ev.requestId)
+        if key is None:
             return
-        key = (ev.userId, ev.clientId)
         seen = self._dedup.get(key)
         if ev.part == 0 or seen is None:
             self._dedup[key] = _Seen(Outcome(ev.version, ev.position, 1), ev.ts, seq, [ev])

@@ -50,6 +50,7 @@ from shared.schemas.events import (
     ParticipantJoined,
     ParticipantLeft,
     decode_event,
+    dedup_key,
     encode_event,
 )
 from shared.timefmt import now_ms
@@ -70,10 +71,12 @@ class Conflict(Exception):
 
 
 def edit_msg_id(ev: EditApplied) -> str:
-    if ev.clientId is None:
+    """The same for every delivery of one edit command (or a re-sent frame id), per part."""
+    key = dedup_key(ev.userId, ev.clientId, ev.requestId)
+    if key is None:  # an event built without either id (not by this service)
         return uuid.uuid4().hex
     t = subjects.token
-    parts = (ev.contextId, ev.sessionId, ev.userId, ev.clientId)
+    parts = (ev.contextId, ev.sessionId, key[0] or "~", key[1])
     # token() keeps the id header-safe: a client id may hold any character, even CR/LF
     return "collab:" + ":".join(t(p) for p in parts) + f":{ev.part}"
 

@@ -7,6 +7,8 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
+from shared.schemas.events import dedup_key
+
 __all__ = [
     "Origin",
     "PostMessage",
@@ -24,6 +26,7 @@ __all__ = [
     "CollabRequest",
     "CollabReply",
     "CollabHeartbeat",
+    "command_key",
 ]
 
 
@@ -115,6 +118,13 @@ class EditCommand(Struct, frozen=True, tag="collab_edit"):
     length: int | None = None
     clientId: str | None = None
     deadline: int = 0  # epoch ms; past it the service drops the command unapplied
+
+
+def command_key(cmd: PostMessage | EditCommand) -> tuple[str, str]:
+    """The dedup key of a command (``dedup_key``): its client frame id, else its request id."""
+    key = dedup_key(cmd.origin.userId, cmd.clientId, cmd.requestId)
+    assert key is not None  # every command has a request id
+    return key
 
 
 class SessionMember(Struct, frozen=True, array_like=True):

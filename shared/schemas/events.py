@@ -22,6 +22,7 @@ __all__ = [
     "ParticipantLeft",
     "DocumentSnapshot",
     "decode_event",
+    "dedup_key",
     "encode_event",
 ]
 
@@ -39,6 +40,9 @@ class ChatMessagePosted(_Event, frozen=True, tag="chat.message"):
     content: str
     messageType: str = "text"
     clientId: str | None = None
+    # The gateway's id of the command, for a frame sent without an ``id``: a redelivered command
+    # is still found (and stored once) by it. None when ``clientId`` is set.
+    requestId: str | None = None
 
 
 class UserJoined(_Event, frozen=True, tag="chat.user_joined"):
@@ -73,6 +77,7 @@ class EditApplied(_Event, frozen=True, tag="collab.edit"):
     length: int = 0
     clientId: str | None = None
     part: int = 0  # 0, or 1 for the second half of a delete split by a concurrent insert
+    requestId: str | None = None  # as in ChatMessagePosted: set only when clientId is None
 
 
 class ParticipantJoined(_Event, frozen=True, tag="collab.participant_joined"):
@@ -116,6 +121,20 @@ Event = (
     | ParticipantLeft
     | DocumentSnapshot
 )
+
+
+def dedup_key(
+    user_id: str, client_id: str | None, request_id: str | None
+) -> tuple[str, str] | None:
+    """What makes a command (and the events it logged) the same on redelivery or re-send: the
+    client's frame id per user, else the gateway's command id (user ids are never empty, so the
+    two kinds of key cannot collide). None for an event that carries neither."""
+    if client_id is not None:
+        return (user_id, client_id)
+    if request_id:
+        return ("", request_id)
+    return None
+
 
 _DECODER = msgspec.json.Decoder(Event)
 _ENCODER = msgspec.json.Encoder()

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgspec
 import nats
 import nats.errors
 import pytest
@@ -241,6 +242,43 @@ async def test_a_batch_stored_but_unanswered_is_acked_whole_and_broadcast_on_red
     await tap.settle(nc)
     assert tap.edits == [1, 2, 3, 4]  # both parts broadcast after all
     assert tap.results[-1]["ok"] == {"version": 4, "position": 4, "parts": 2}
+
+
+async def test_an_edit_without_id_stored_but_unanswered_is_stored_once_on_redelivery(
+    svc: CollabService, nc: NATS, tap: Tap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No client id: the command's request id keeps Nats-Msg-Id and the dedup key stable."""
+    delete = await split_delete_setup(svc)
+    delete = msgspec.structs.replace(delete, clientId=None)
+    spy_append(monkeypatch, lambda n: nats.errors.TimeoutError() if n == 1 else None)
+    assert (await run(svc, delete)).settled == ["nak"]  # stored, but the answer was lost
+    assert (await run(svc, delete)).settled == ["ack"]  # the redelivery finds it
+    assert [e.version for e in await logged(nc)] == [1, 2, 3, 4]
+    await tap.settle(nc)
+    assert tap.results[-1]["ok"] == {"version": 4, "position": 4, "parts": 2}
+
+
+async def test_a_one_part_edit_without_id_is_stored_once_on_redelivery(
+    svc: CollabService, nc: NATS, tap: Tap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = natsio.append_one
+    calls = 0
+
+    async def lost_answer(*a: Any, **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        ack = await real(*a, **kw)
+        if calls == 1:
+            raise nats.errors.TimeoutError
+        return ack
+
+    monkeypatch.setattr(store_mod, "append_one", lost_answer)
+    insert = cmd(None, "insert", 0, 0, content="hello")
+    assert (await run(svc, insert)).settled == ["nak"]
+    assert (await run(svc, insert)).settled == ["ack"]
+    assert [(e.version, e.content) for e in await logged(nc)] == [(1, "hello")]
+    await tap.settle(nc)
+    assert tap.results[-1]["ok"] == {"version": 1, "position": 0, "parts": 1}
 
 
 async def test_a_duplicate_batch_reloads_and_answers_from_the_log(

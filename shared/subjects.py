@@ -48,6 +48,14 @@ def chat_presence(context_id: str) -> str:
     return f"ag.evt.chat.{token(context_id)}.presence"
 
 
+def chat_room_of(subject: str) -> str | None:
+    """The context id of a chat message subject (``chat_messages``), else None."""
+    parts = subject.split(".")
+    if len(parts) == 5 and parts[:3] == ["ag", "evt", "chat"] and parts[4] == "message":
+        return untoken(parts[3])
+    return None
+
+
 CHAT_EVENTS_ALL = "ag.evt.chat.>"
 CHAT_MESSAGES_ALL = "ag.evt.chat.*.message"
 CHAT_PRESENCE_ALL = "ag.evt.chat.*.presence"

@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 
 from services.analytics.rows import Invalid, Row, to_row, touches
 from services.analytics.store import Store
-from shared.logs import get_logger
+from shared.eventlog import note_skipped
 
 __all__ = ["Applied", "Projector"]
-
-log = get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -52,11 +50,8 @@ class Projector:
             top = seq
             item = to_row(seq, subject, data)
             if isinstance(item, Invalid):
-                invalid.append(item)
-                log.warning(
-                    "invalid event recorded",
-                    extra={"seq": seq, "subject": subject, "reason": item.reason[:200]},
-                )
+                invalid.append(item)  # kept in invalid_events, where `query` finds it
+                note_skipped("analytics", seq, subject, item.reason[:200])
                 continue
             rows.append(item)
             metrics = touches(item.type)

@@ -59,6 +59,11 @@ class Room:
             self._dedup[key] = (ev.messageId, ev.seq, ev.ts)
         return True
 
+    def skip(self, stream_seq: int) -> None:
+        """Something on the room's subject that is not a message (an event no one can decode):
+        the next append still expects it as the subject's last."""
+        self.last_subject_seq = max(self.last_subject_seq, stream_seq)
+
     def mark_unsure_since(self, horizon_ms: int) -> None:
         """Messages newer than ``horizon_ms`` may not have been broadcast (called after a load)."""
         for ev in reversed(self.messages):

@@ -26,6 +26,7 @@ from services.chat.presence import Change, Presence
 from services.chat.room import Room, message_wire
 from shared import subjects
 from shared.config import Settings
+from shared.eventlog import decode_logged
 from shared.logs import get_logger
 from shared.natsio import (
     BATCH_DUPLICATE_ID,
@@ -53,7 +54,6 @@ from shared.schemas.events import (
     ChatMessagePosted,
     UserJoined,
     UserLeft,
-    decode_event,
     encode_event,
 )
 from shared.schemas.wire import encode, encode_frame
@@ -123,12 +123,12 @@ class ChatService:
         log.info("chat state rebuilt", extra={"events": count, "rooms": len(self.rooms)})
 
     def _apply(self, msg: Msg) -> None:
-        try:
-            ev = decode_event(msg.data)
-        except msgspec.DecodeError:
-            log.error("undecodable event skipped", extra={"seq": stream_seq(msg)})
-            return
+        ev = decode_logged(msg.data, stream_seq(msg), msg.subject, "chat")
         match ev:
+            case None:
+                context_id = subjects.chat_room_of(msg.subject)
+                if context_id is not None:
+                    self._room(context_id).skip(stream_seq(msg))
             case ChatMessagePosted():
                 self._room(ev.contextId).apply(ev, stream_seq(msg))
             case UserJoined():
@@ -141,9 +141,11 @@ class ChatService:
         async for msg in replay(
             self.js, subjects.EVENTS_STREAM, subjects.chat_messages(context_id)
         ):
-            ev = decode_event(msg.data)
+            ev = decode_logged(msg.data, stream_seq(msg), msg.subject, "chat")
             if isinstance(ev, ChatMessagePosted):
                 room.apply(ev, stream_seq(msg))
+            else:
+                room.skip(stream_seq(msg))
         room.mark_unsure_since(now_ms() - int(2 * self.settings.dedup_window_s * 1000))
         self.rooms[context_id] = room
         return room

@@ -26,13 +26,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 
 from shared import natsio, subjects
 from shared.config import Settings
+from shared.eventlog import decode_logged
 from shared.logs import get_logger
 from shared.natsio import (
     BATCH_DUPLICATE_ID,
@@ -49,7 +49,6 @@ from shared.schemas.events import (
     Event,
     ParticipantJoined,
     ParticipantLeft,
-    decode_event,
     dedup_key,
     encode_event,
 )
@@ -134,14 +133,12 @@ class DocStore:
             subjects.collab_edits(context_id, session_id),
             start_seq=DocState.replay_from(*snaps),
         ):
-            try:
-                ev = decode_event(msg.data)
-            except msgspec.DecodeError:
-                log.error("undecodable edit event skipped", extra={"seq": stream_seq(msg)})
-                continue
+            ev = decode_logged(msg.data, stream_seq(msg), msg.subject, "collaboration")
             if isinstance(ev, EditApplied):
                 state.replay(ev, stream_seq(msg), horizon)
                 count += 1
+            else:  # skipped, but still the subject's last entry for the next append
+                state.last_seq = max(state.last_seq, stream_seq(msg))
         log.info(
             "document loaded",
             extra={
@@ -165,11 +162,7 @@ class DocStore:
                 raw = await self.js.get_msg(subjects.EVENTS_STREAM, seq, direct=True)
         except NotFoundError:
             return None
-        try:
-            ev = decode_event(raw.data or b"")
-        except msgspec.DecodeError:
-            log.error("undecodable snapshot ignored", extra={"seq": raw.seq})
-            return None
+        ev = decode_logged(raw.data or b"", raw.seq or 0, subject, "collaboration")
         if raw.subject != subject or not isinstance(ev, DocumentSnapshot) or raw.seq is None:
             return None
         return ev, raw.seq
@@ -218,10 +211,9 @@ class DocStore:
     async def presence_events(self) -> AsyncIterator[Event]:
         """Every logged join/leave, oldest first (presence is rebuilt from them at start)."""
         async for msg in replay(self.js, subjects.EVENTS_STREAM, subjects.COLLAB_PRESENCE_ALL):
-            try:
-                yield decode_event(msg.data)
-            except msgspec.DecodeError:
-                log.error("undecodable presence event skipped", extra={"seq": stream_seq(msg)})
+            ev = decode_logged(msg.data, stream_seq(msg), msg.subject, "collaboration")
+            if ev is not None:
+                yield ev
 
     async def _append(
         self,

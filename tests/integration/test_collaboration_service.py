@@ -281,6 +281,21 @@ async def test_a_one_part_edit_without_id_is_stored_once_on_redelivery(
     assert tap.results[-1]["ok"] == {"version": 1, "position": 0, "parts": 1}
 
 
+async def test_an_undecodable_event_in_a_document_is_skipped_and_editing_goes_on(
+    svc: CollabService, nc: NATS, tap: Tap
+) -> None:
+    assert (await run(svc, cmd("a1", "insert", 0, 0, content="ab"))).settled == ["ack"]
+    garbage = b'{"type":"collab.edit","version":"x"}'
+    await nc.jetstream().publish(subjects.collab_edits(CTX, SESSION), garbage)
+    # The service's view is behind the subject now: a conflict, a reload past the garbage.
+    assert (await run(svc, cmd("a2", "insert", 2, 1, content="c"))).settled == ["ack"]
+    assert svc._slots[KEY].state is not None and svc._slots[KEY].state.doc.content == "abc"
+    svc._slots[KEY].state = None  # a fresh load reads past it too
+    assert (await run(svc, cmd("a3", "insert", 3, 2, content="d"))).settled == ["ack"]
+    await tap.settle(nc)
+    assert tap.results[-1]["ok"]["version"] == 3
+
+
 async def test_a_duplicate_batch_reloads_and_answers_from_the_log(
     svc: CollabService, nc: NATS, tap: Tap, monkeypatch: pytest.MonkeyPatch
 ) -> None:

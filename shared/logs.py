@@ -1,15 +1,37 @@
-"""One JSON object per line on stdout (or a console format for humans)."""
+"""One JSON object per line on stdout (or a console format for humans).
+
+Tokens never reach a log: every formatted line (message, extra fields, tracebacks, the access
+lines uvicorn writes with the request's query string) has ``token=...`` query values and
+anything shaped like a JWT replaced, whichever logger produced it.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from typing import Any
 
 from shared.timefmt import format_ts
 
-__all__ = ["setup_logging", "get_logger"]
+__all__ = ["setup_logging", "get_logger", "redact"]
+
+_SECRETS = re.compile(
+    r"(?P<param>(?:[?&]|\b)(?:access_)?token=)[^&\s\"'\\]+"  # ?token=... in URLs
+    r"|(?P<jwt>\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)"  # a bare JWT
+)
+
+
+def _hide(match: re.Match[str]) -> str:
+    param = match.group("param")
+    return f"{param}[redacted]" if param is not None else "[redacted-jwt]"
+
+
+def redact(text: str) -> str:
+    """``text`` with token query values and JWTs replaced."""
+    return _SECRETS.sub(_hide, text) if ("token=" in text or "eyJ" in text) else text
+
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 
@@ -31,7 +53,7 @@ class _JsonFormatter(logging.Formatter):
         out.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return redact(json.dumps(out, default=str))
 
 
 class _ConsoleFormatter(logging.Formatter):
@@ -44,7 +66,7 @@ class _ConsoleFormatter(logging.Formatter):
         line = f"{record.levelname.lower():7} {self.service:13} {record.getMessage()} {extra}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line.rstrip()
+        return redact(line.rstrip())
 
 
 def setup_logging(service: str, fmt: str = "json", level: str = "info") -> None:

@@ -24,11 +24,22 @@ _LTI_ROLE_SUFFIX = {"Learner": "learner", "Instructor": "instructor", "Administr
 
 
 class AuthFailure(Exception):
-    """The token is missing, malformed, badly signed, expired or lacks a required claim."""
+    """The token is missing, malformed, badly signed, expired or lacks a required claim.
+
+    ``reason`` is for logs and metrics; ``message`` is what the client is told: precise about
+    what to do (get a new token) without saying which check a forgery failed.
+    """
+
+    _MESSAGES = {
+        "missing token": "a token is required",
+        "expired": "token expired",
+        "not yet valid": "token not yet valid",
+    }
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.message = self._MESSAGES.get(reason, "invalid token")
 
 
 @dataclass(frozen=True, slots=True)

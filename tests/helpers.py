@@ -25,7 +25,7 @@ from shared.auth import mint_token
 from shared.config import load_settings
 from tests.conftest import T
 
-SECRET = "test-secret-" + "x" * 32
+SECRET = "test-secret-" + "x" * 64
 ROOT = Path(__file__).resolve().parent.parent
 
 # Settings that make timing behaviour testable quickly (each test may override).

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
+from litestar.exceptions import HTTPException
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -101,6 +102,38 @@ class Gateway:
         return await streams_exist(js)
 
 
+# HTTP errors answer in the project's shape, {"code", "error"}, as the ingest endpoint does.
+_HTTP_CODES = {
+    400: "invalid_message",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "invalid_message",
+    413: "too_large",
+    429: "rate_limited",
+    503: "unavailable",
+}
+_HTTP_TEXTS = {
+    404: "no such endpoint",
+    405: "method not allowed here",
+    413: "request body too large",
+}
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, str]]:
+    status = exc.status_code
+    code = _HTTP_CODES.get(status, "internal" if status >= 500 else "invalid_message")
+    text = _HTTP_TEXTS.get(status) or (exc.detail if status < 500 else "internal error")
+    if status == 405 and (exc.headers or {}).get("allow"):
+        text = f"{text}; allowed: {exc.headers['allow']}"  # type: ignore[index]
+    return Response({"code": code, "error": text}, status_code=status, headers=exc.headers)
+
+
+def _http_fault(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    log.error("request failed", exc_info=exc, extra={"path": request.url.path})
+    return Response({"code": "internal", "error": "internal error"}, status_code=500)
+
+
 def create_app(settings: Settings) -> tuple[Any, Gateway]:
     gw = Gateway(settings)
 
@@ -166,6 +199,7 @@ def create_app(settings: Settings) -> tuple[Any, Gateway]:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app = Litestar(
+        exception_handlers={HTTPException: _http_error, Exception: _http_fault},
         route_handlers=[
             chat_ws,
             analytics_ws,

@@ -121,6 +121,8 @@ class Conn:
             return
         self.closed = True
         self.close_code = code
+        # RFC 6455 §5.5: a control frame's payload is at most 125 bytes, 2 of them the code.
+        reason = reason.encode("utf-8", "ignore")[:123].decode("utf-8", "ignore")
         # Jump the queue only if it is full; otherwise close after what is queued is sent.
         while True:
             try:

@@ -112,7 +112,7 @@ class SessionRunner:
                     await self._authenticate(conn, endpoint, state, auth)
                 except AGError as exc:
                     conn.push(error_text(exc))
-                    conn.close(exc.close or CLOSE_UNAUTHORIZED)
+                    conn.close(exc.close or CLOSE_UNAUTHORIZED, exc.message)
             await self._loop(socket, conn, endpoint, state)
         finally:
             state.cancel_expiry()
@@ -174,7 +174,8 @@ class SessionRunner:
         code = exc.close
         if code:
             state.closing = True
-        await conn.reply(error_text(exc, cid), then=(lambda: conn.close(code)) if code else None)
+        then = (lambda: conn.close(code, exc.message)) if code else None
+        await conn.reply(error_text(exc, cid), then=then)
 
     async def _frame(
         self, conn: Conn, endpoint: Endpoint, state: _State, event: dict[str, Any]
@@ -248,9 +249,12 @@ class SessionRunner:
         except AuthFailure as exc:
             metrics.AUTH_FAILURES.labels(exc.reason).inc()
             log.info("auth failed", extra={"connectionId": conn.id, "reason": exc.reason})
-            raise AGError("unauthenticated", "invalid token", close=CLOSE_UNAUTHORIZED) from None
+            raise AGError("unauthenticated", exc.message, close=CLOSE_UNAUTHORIZED) from None
         context_id = auth.contextId
-        if not context_id or not identity.allows(context_id):
+        if not context_id:
+            metrics.AUTH_FAILURES.labels("context").inc()
+            raise AGError("forbidden", "contextId is required", close=CLOSE_FORBIDDEN)
+        if not identity.allows(context_id):
             metrics.AUTH_FAILURES.labels("context").inc()
             log.info("context refused", extra={"connectionId": conn.id, "userId": identity.user_id})
             raise AGError("forbidden", "token does not allow this context", close=CLOSE_FORBIDDEN)
@@ -269,7 +273,8 @@ class SessionRunner:
             new = self.verifier.verify(frame.data.token or "", time.time())
         except AuthFailure as exc:
             metrics.AUTH_FAILURES.labels(exc.reason).inc()
-            return error_text(AGError("unauthenticated", "invalid refresh token"), frame.id)
+            message = f"refresh refused: {exc.message}"
+            return error_text(AGError("unauthenticated", message), frame.id)
         if new.user_id != conn.identity.user_id or not new.allows(conn.context_id):
             return error_text(
                 AGError("forbidden", "token is for another user or context"), frame.id

@@ -143,3 +143,28 @@ async def test_auth_frame_failure_error_carries_the_frame_id(stack: Stack) -> No
     await c.send({"type": "auth", "id": "a1", "token": token("u", "c1"), "contextId": "c2"})
     assert await c.closed() == 4403
     assert c.seen[0]["id"] == "a1" and c.seen[0]["data"]["code"] == "forbidden"
+
+
+def http_json(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def test_http_errors_answer_in_the_projects_shape(stack: Stack) -> None:
+    assert http_json(stack.http("/nope")) == (
+        404,
+        {"code": "not_found", "error": "no such endpoint"},
+    )
+    status, body = http_json(stack.http("/api/analytics/events"))
+    assert status == 405 and body["code"] == "invalid_message" and "POST" in body["error"]
+    big = b"x" * (65536 + 1)
+    status, body = http_json(stack.http("/api/analytics/events"), "POST", big)
+    assert (status, body) == (413, {"code": "too_large", "error": "request body too large"})

@@ -10,6 +10,7 @@ __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_POLICY",
     "CLOSE_TOO_BIG",
+    "CLOSE_SERVICE_RESTART",
     "CLOSE_UNAUTHORIZED",
     "CLOSE_FORBIDDEN",
     "CLOSE_AUTH_TIMEOUT",
@@ -20,6 +21,7 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008  # rate limit exceeded, as the reference shows
 CLOSE_TOO_BIG = 1009
+CLOSE_SERVICE_RESTART = 1012  # the stream cannot be kept whole: reconnect with lastSeq
 CLOSE_TRY_AGAIN = 1013  # outbound queue overflow: the client reads too slowly
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403

@@ -127,6 +127,7 @@ RPC_COLLAB = "ag.rpc.collab"
 RPC_METRICS_CURRENT = "ag.rpc.metrics.current"
 RPC_ANALYTICS_QUERY = "ag.rpc.analytics.query"  # read-only ad-hoc SQL on the aggregator
 GATEWAY_HEARTBEAT = "ag.gw.heartbeat"
+CHAT_READY = "ag.ctl.chat.ready"  # a chat service (re)started: gateways re-check their rooms
 COLLAB_HEARTBEAT = "ag.gw.collab.heartbeat"  # each gateway's collaboration session members
 
 
@@ -134,6 +135,7 @@ COLLAB_HEARTBEAT = "ag.gw.collab.heartbeat"  # each gateway's collaboration sess
 HDR_EXCEPT_USER = "AG-Except-User"  # do not deliver to this user's sockets
 HDR_DROPPABLE = "AG-Droppable"  # ephemeral frame: drop rather than close a slow socket
 HDR_SEQ = "AG-Seq"  # chat message seq, so a recovering socket skips what it replayed
+HDR_LOG_SEQ = "AG-Log-Seq"  # chat message: its stream sequence (where a gap fill reads from)
 # (collaboration: the document version of an `edit` frame)
 HDR_EXCEPT_CONN = "AG-Except-Conn"  # do not deliver to this one connection (the edit's sender)
 HDR_METRIC = "AG-Metric"  # metric_update frames: which metric, so gateways filter

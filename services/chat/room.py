@@ -7,33 +7,29 @@ the same room: seq, history and the dedup index of client frame ids.
 from __future__ import annotations
 
 import bisect
-from typing import Any
 
 from shared.schemas.events import ChatMessagePosted, dedup_key
-from shared.timefmt import ms_to_ts
+from shared.schemas.wire import message_wire
 
 __all__ = ["Room", "message_wire"]
 
 
-def message_wire(ev: ChatMessagePosted) -> dict[str, Any]:
-    """The ``message`` frame data for a stored message event."""
-    return {
-        "id": ev.messageId,
-        "seq": ev.seq,
-        "content": ev.content,
-        "messageType": ev.messageType,
-        "author": {"id": ev.userId, "name": ev.userName},
-        "timestamp": ms_to_ts(ev.ts),
-    }
-
-
 class Room:
-    __slots__ = ("context_id", "messages", "_ts", "last_subject_seq", "_dedup", "unsure")
+    __slots__ = (
+        "context_id",
+        "messages",
+        "_ts",
+        "_log_seqs",
+        "last_subject_seq",
+        "_dedup",
+        "unsure",
+    )
 
     def __init__(self, context_id: str) -> None:
         self.context_id = context_id
         self.messages: list[ChatMessagePosted] = []
         self._ts: list[int] = []  # message timestamps, for `before` cursors (non-decreasing)
+        self._log_seqs: list[int] = []  # each message's stream sequence
         self.last_subject_seq = 0  # stream sequence of this room's last message event
         # dedup_key -> (messageId, seq, ts): a frame re-sent with its id, or a command
         # redelivered, is stored once
@@ -53,6 +49,7 @@ class Room:
         self.messages.append(ev)
         # Timestamps come from one chat service clock; clamp so a clock step back keeps order.
         self._ts.append(max(ev.ts, self._ts[-1]) if self._ts else ev.ts)
+        self._log_seqs.append(stream_seq)
         self.last_subject_seq = stream_seq
         key = dedup_key(ev.userId, ev.clientId, ev.requestId)
         if key is not None:
@@ -73,6 +70,10 @@ class Room:
 
     def message(self, seq: int) -> ChatMessagePosted | None:
         return self.messages[seq - 1] if 1 <= seq <= len(self.messages) else None
+
+    def log_seq(self, seq: int) -> int | None:
+        """The stream sequence of message ``seq``."""
+        return self._log_seqs[seq - 1] if 1 <= seq <= len(self._log_seqs) else None
 
     def duplicate_of(
         self, user_id: str, client_id: str | None, request_id: str | None = None

@@ -23,7 +23,7 @@ from nats.js.errors import APIError
 
 from services.chat import metrics
 from services.chat.presence import Change, Presence
-from services.chat.room import Room, message_wire
+from services.chat.room import Room
 from shared import subjects
 from shared.config import Settings
 from shared.eventlog import decode_logged
@@ -56,7 +56,7 @@ from shared.schemas.events import (
     UserLeft,
     encode_event,
 )
-from shared.schemas.wire import encode, encode_frame
+from shared.schemas.wire import encode, encode_frame, message_frame, message_wire
 from shared.timefmt import ms_to_ts, now_ms
 
 __all__ = ["ChatService"]
@@ -101,6 +101,9 @@ class ChatService:
             asyncio.create_task(self._command_loop(), name="chat-commands"),
             asyncio.create_task(self._ticker(), name="chat-ticker"),
         ]
+        # A predecessor may have died between an append and its broadcast: gateways check their
+        # rooms against the log now, instead of at the room's next message.
+        await nc.publish(subjects.CHAT_READY, b"")
         log.info("chat ready", extra={"rooms": len(self.rooms)})
 
     async def stop(self) -> None:
@@ -246,7 +249,7 @@ class ChatService:
             return [(m, c) for m, c, _, _ in store]
         for i, (msg, cmd, ev, _) in enumerate(store):
             room.apply(ev, first + i)
-            await self._broadcast(ev)
+            await self._broadcast(ev, first + i)
             await self._finish(msg, cmd, self._ok(cmd, ev.messageId, ev.seq))
         return []
 
@@ -313,13 +316,16 @@ class ChatService:
             room.unsure.discard(seq)
             ev = room.message(seq)
             if ev is not None:
-                await self._broadcast(ev)
+                await self._broadcast(ev, room.log_seq(seq))
 
-    async def _broadcast(self, ev: ChatMessagePosted) -> None:
-        frame = encode_frame("message", ms_to_ts(ev.ts), message_wire(ev))
-        await self.nc.publish(
-            subjects.chat_live(ev.contextId), frame, headers={subjects.HDR_SEQ: str(ev.seq)}
-        )
+    async def _broadcast(self, ev: ChatMessagePosted, log_seq: int | None = None) -> None:
+        """The live ``message`` frame. Gateways deliver a room's frames in ``seq`` order and fill
+        any gap from the log first (``AG-Log-Seq`` says where to read from), so a frame lost
+        here (a crash right after the append) is never a hole in what a client sees."""
+        headers = {subjects.HDR_SEQ: str(ev.seq)}
+        if log_seq is not None:
+            headers[subjects.HDR_LOG_SEQ] = str(log_seq)
+        await self.nc.publish(subjects.chat_live(ev.contextId), message_frame(ev), headers=headers)
 
     async def _post_locked(self, cmd: PostMessage, retry: bool = True) -> CommandResult | None:
         room = self._room(cmd.contextId)
@@ -357,7 +363,7 @@ class ChatService:
             await self._rebroadcast_if_unsure(room, dup[1])
             return self._ok(cmd, *dup)
         room.apply(ev, ack.seq)
-        await self._broadcast(ev)
+        await self._broadcast(ev, ack.seq)
         return self._ok(cmd, ev.messageId, ev.seq)
 
     @staticmethod

@@ -46,7 +46,7 @@ class Gateway:
     async def start(self) -> None:
         while True:
             try:
-                self.nc = await connect(self.settings, "gateway")
+                self.nc = await connect(self.settings, "gateway", reconnected_cb=self._reconnected)
                 break
             except Exception as exc:  # NATS not up yet: keep trying, /readyz says not ready
                 log.warning("nats connect failed; retrying", extra={"error": repr(exc)})
@@ -64,6 +64,12 @@ class Gateway:
         self.endpoints["collaboration"] = collaboration
         self.runner = SessionRunner(self.settings, self.hub, self.verifier)
         log.info("gateway started", extra={"gatewayId": self.hub.gateway_id})
+
+    async def _reconnected(self) -> None:
+        log.info("nats reconnected")
+        # Live frames published while the link was down are lost: read them from the log.
+        if self.hub is not None:
+            self.hub.resync()
 
     async def drain(self) -> None:
         """Close every socket with 1001 (go elsewhere) and let the frames flush."""

@@ -18,7 +18,7 @@ from services.gateway.typing_state import TypingTracker
 from shared import subjects
 from shared.auth import Identity
 from shared.config import Settings
-from shared.errors import AGError
+from shared.errors import CLOSE_SERVICE_RESTART, AGError
 from shared.logs import get_logger
 from shared.schemas.commands import (
     Connection,
@@ -67,13 +67,17 @@ class ChatEndpoint:
         assert conn.identity is not None and conn.context_id is not None
         ctx = conn.context_id
         conn.hold()  # broadcasts wait until connected/presence/recovery are out
-        await self.hub.join(subjects.chat_live(ctx), conn)
+        await self.hub.join(subjects.chat_live(ctx), conn, log_subject=subjects.chat_messages(ctx))
         users = await self._presence_open(conn)
         await conn.reply(connected_text(conn))
         await conn.reply(frame_text("presence", {"users": users}))
         replayed = last_seq
         if last_seq is not None:
             replayed = await self._recover(conn, last_seq)
+            if replayed is None:  # the socket would miss messages: it recovers later instead
+                reason = "recovery unavailable; reconnect with lastSeq"
+                await conn.reply(None, then=lambda: conn.close(CLOSE_SERVICE_RESTART, reason))
+                return
         await conn.reply(None, then=lambda: conn.release(after_seq=replayed))
 
     async def _presence_open(self, conn: Conn) -> list[dict[str, str]]:
@@ -97,14 +101,15 @@ class ChatEndpoint:
             }
             return [{"userId": u, "username": n} for u, n in sorted(mine.items())]
 
-    async def _recover(self, conn: Conn, last_seq: int) -> int:
+    async def _recover(self, conn: Conn, last_seq: int) -> int | None:
+        """Replay what the socket missed; the last seq replayed, or None when that failed."""
         assert conn.context_id is not None
         req = HistoryRequest(conn.context_id, afterSeq=last_seq, cap=self.settings.recovery_max)
         try:
             reply = await self._history_rpc(req)
         except AGError as exc:
             await conn.reply(error_text(exc))
-            return last_seq
+            return None
         if reply.truncated:
             await conn.reply(frame_text("recovered", {"count": 0, "truncated": True}))
             return reply.lastSeq

@@ -25,3 +25,8 @@ BROADCAST_FANOUT = Histogram(
     "Sockets one broadcast frame was written to",
     buckets=(1, 2, 5, 10, 50, 100, 500, 1000),
 )
+ORDER = Counter(
+    "ag_gateway_chat_order_total",
+    "Chat message frames kept in order: dropped (old), filled from the log, broken (1012)",
+    ["outcome"],
+)

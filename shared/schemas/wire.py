@@ -14,6 +14,8 @@ import msgspec
 from msgspec import Meta, Raw, Struct
 
 from shared.errors import AGError
+from shared.schemas.events import ChatMessagePosted
+from shared.timefmt import ms_to_ts
 
 __all__ = [
     "ENDPOINT_TYPES",
@@ -21,6 +23,8 @@ __all__ = [
     "decode_client_frame",
     "encode_frame",
     "error_frame",
+    "message_frame",
+    "message_wire",
 ]
 
 ClientId = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -244,3 +248,21 @@ def error_frame(exc: AGError, timestamp: str, id: str | None = None) -> bytes:
 
 def encode(obj: Any) -> bytes:
     return _ENCODER.encode(obj)
+
+
+def message_wire(ev: ChatMessagePosted) -> dict[str, Any]:
+    """The ``message`` frame data for a stored chat message event."""
+    return {
+        "id": ev.messageId,
+        "seq": ev.seq,
+        "content": ev.content,
+        "messageType": ev.messageType,
+        "author": {"id": ev.userId, "name": ev.userName},
+        "timestamp": ms_to_ts(ev.ts),
+    }
+
+
+def message_frame(ev: ChatMessagePosted) -> bytes:
+    """The ``message`` frame of a stored chat message event, as the chat service broadcasts it
+    and a gateway rebuilds it from the log (the same bytes either way)."""
+    return encode_frame("message", ms_to_ts(ev.ts), message_wire(ev))

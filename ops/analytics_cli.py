@@ -93,6 +93,7 @@ def _is_locked(exc: BaseException) -> bool:
 async def _log_connection(settings: Settings, start_embedded: bool) -> AsyncIterator[Any]:
     """A NATS connection to the stack's server; optionally the embedded one started for us."""
     from ops.analytics_replay import connect_cli
+    from ops.datadir import DataDirLock
     from ops.natsd import start_nats
 
     nc = None
@@ -102,13 +103,21 @@ async def _log_connection(settings: Settings, start_embedded: bool) -> AsyncIter
         except Exception:
             nc = None
     server = None
+    lock = None
     if nc is None:
         if not start_embedded or os.environ.get("AG_NATS_URL"):
             raise ConnectionError(f"no NATS server answers at {settings.nats_url or '(none)'}")
         data_dir = settings.data_dir.resolve()
         if not (data_dir / "nats").exists():
             raise ConnectionError(f"no event log in {data_dir} (has the stack ever run there?)")
-        server = start_nats(data_dir, settings.nats_sync_interval, data_dir / "nats-cli.log")
+        # Our own nats-server on the store: never beside a running stack's (DataDirInUse).
+        lock = DataDirLock(data_dir, "atomic-guide replay/export").acquire()
+        server = start_nats(
+            data_dir,
+            settings.nats_sync_interval,
+            data_dir / "nats-cli.log",
+            keep_fds=(lock.fd,),
+        )
         print(
             f"[replay] started nats-server on the data dir's store ({server.url})", file=sys.stderr
         )
@@ -119,6 +128,8 @@ async def _log_connection(settings: Settings, start_embedded: bool) -> AsyncIter
         await nc.close()
         if server is not None:
             server.stop()
+        if lock is not None:
+            lock.release()
 
 
 # --- replay ------------------------------------------------------------------------------------

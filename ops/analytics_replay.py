@@ -28,6 +28,7 @@ from services.analytics import metrics
 from services.analytics.projection import Projector
 from services.analytics.store import Store
 from shared import subjects
+from shared.natsio import connect_once
 from shared.schemas.analytics import CurrentReply, CurrentRequest, QueryReply, QueryRequest
 from shared.schemas.wire import encode
 
@@ -338,10 +339,4 @@ def verify(
 
 
 async def connect_cli(url: str) -> NATS:
-    return await nats.connect(
-        servers=[u.strip() for u in url.split(",") if u.strip()],
-        name="atomic-guide-cli",
-        allow_reconnect=False,
-        max_reconnect_attempts=0,
-        connect_timeout=2,
-    )
+    return await connect_once(url, "atomic-guide-cli")

@@ -27,43 +27,49 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 # --- up ----------------------------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
-    from ops.natsd import record_url, start_nats
+    from ops.datadir import DataDirLock
+    from ops.natsd import record_url
     from ops.stack import ensure_secret, resolve_settings
-    from ops.supervisor import Supervisor
+    from ops.supervisor import NatsChild, Supervisor, say
 
     settings = resolve_settings(gateway_port=args.port, data_dir=args.data_dir)
     data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(data_dir).acquire()  # or DataDirInUse, said in one line by main()
     (data_dir / "logs").mkdir(exist_ok=True)
     env = dict(os.environ)
     if not os.environ.get("AG_JWT_SECRET"):
         secret, new = ensure_secret(data_dir)
         env["AG_JWT_SECRET"] = secret
         if new:
-            print(f"[up] AG_JWT_SECRET not set: generated a dev secret in {data_dir}/jwt_secret")
-    nats = None
-    if not os.environ.get("AG_NATS_URL"):
-        nats = start_nats(data_dir, settings.nats_sync_interval, data_dir / "logs" / "nats.log")
-        record_url(data_dir, nats.url)
-        print(f"[up] embedded nats-server {nats.url} (monitoring {nats.monitor_url})")
-        env["AG_NATS_URL"] = nats.url
+            say(f"AG_JWT_SECRET not set: generated a dev secret in {data_dir}/jwt_secret")
     env.update(
         AG_DATA_DIR=str(data_dir),
         AG_GATEWAY_PORT=str(settings.gateway_port),
         AG_GATEWAY_HOST=settings.gateway_host,
     )
-    sup: Supervisor | None = None
     stop = {"now": False}
 
     def _stop(*_: Any) -> None:
         stop["now"] = True
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
+    keep = (lock.fd,)  # children hold the data dir lock too, until the last one exits
+    nats = None
+    if not os.environ.get("AG_NATS_URL"):
+        nats = NatsChild(
+            data_dir, settings.nats_sync_interval, data_dir / "logs" / "nats.log", keep
+        )
+    sup = Supervisor(env, nats=nats, keep_fds=keep)
     try:
+        if nats is not None:
+            sup.start(["nats"])
+            assert nats.server is not None
+            record_url(data_dir, nats.server.url)
+            say(f"embedded nats-server {nats.server.url} (monitoring {nats.server.monitor_url})")
+            env["AG_NATS_URL"] = nats.server.url
         asyncio.run(_provision(settings.replace(nats_url=env["AG_NATS_URL"])))
-        sup = Supervisor(env)
-        backends = [n for n in sup.children if n != "gateway"]
+        backends = [n for n in sup.children if n not in ("gateway", "nats")]
         sup.start(backends)
         base = f"http://{settings.gateway_host}:{settings.gateway_port}"
         pending = set(backends)  # the gateway starts once every backend answers its probe
@@ -79,13 +85,13 @@ def cmd_up(args: argparse.Namespace) -> int:
                 _banner(settings, base, data_dir, sup.metrics_ports)
             time.sleep(0.2)  # supervisor poll interval
     finally:
-        print("[up] stopping…", file=sys.stderr)
-        if sup is not None:
-            sup.stop()
+        # Stop first, talk after: the terminal (or `tee`) may already be gone.
+        say("stopping…")
+        sup.stop()
         if nats is not None:
-            nats.stop()
             record_url(data_dir, None)
-        print("[up] stopped", file=sys.stderr)
+        lock.release()
+        say("stopped")
     return 0
 
 
@@ -93,8 +99,7 @@ def _banner(settings: Any, base: str, data_dir: Path, metrics_ports: dict[str, i
     ws = base.replace("http://", "ws://")
     host = settings.gateway_host
     service_metrics = "  ".join(f"{n}: http://{host}:{p}/" for n, p in metrics_ports.items())
-    print(
-        f"""
+    text = f"""
 Atomic Guide realtime is up.
   chat:          {ws}/api/chat/ws
   analytics:     {ws}/api/analytics/ws   (instructor/admin; POST {base}/api/analytics/events)
@@ -106,20 +111,21 @@ Get a token (in another shell, same data dir):
   atomic-guide token --sub alice --name Alice --context course-1 --data-dir {data_dir}
 Connect:  python -m websockets "{ws}/api/chat/ws?contextId=course-1&token=<token>"
 Ctrl-C stops everything.
-""",
-        flush=True,
-    )
+"""
+    try:
+        print(text, flush=True)
+    except OSError:  # stdout is a pipe nobody reads any more; keep running
+        pass
 
 
 async def _unready(nats_url: str, names: set[str]) -> set[str]:
     """The services among ``names`` that do not answer their readiness probe yet."""
-    import nats
-
+    from shared.natsio import NatsUnreachable, connect_once
     from shared.probes import service_ready
 
     try:
-        nc = await nats.connect(nats_url, allow_reconnect=False, connect_timeout=1)
-    except Exception:
+        nc = await connect_once(nats_url, "atomic-guide-up", timeout=1.0)
+    except NatsUnreachable:
         return names
     try:
         return {n for n in names if not await service_ready(nc, n, timeout=0.5)}
@@ -135,15 +141,21 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-async def _quiet() -> None:
-    """A CLI closing its own connection is not news."""
+def _url(settings: Any) -> str:
+    """The NATS URL a command should use, or a clear stop when there is none."""
+    from shared.natsio import NatsUnreachable
+
+    if not settings.nats_url:
+        where = settings.data_dir.resolve()
+        raise NatsUnreachable("(none)", f"no AG_NATS_URL, and no running stack recorded in {where}")
+    return str(settings.nats_url)
 
 
 async def _provision(settings: Any) -> None:
     from ops.streams import ensure_streams
-    from shared.natsio import connect
+    from shared.natsio import connect_once
 
-    nc = await connect(settings, "provision", disconnected_cb=_quiet)
+    nc = await connect_once(_url(settings), "atomic-guide-provision")
     try:
         await ensure_streams(nc.jetstream(), settings.stream_replicas, settings.dedup_window_s)
     finally:
@@ -186,29 +198,18 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_streams(args: argparse.Namespace) -> int:
     from ops.stack import resolve_settings
     from ops.streams import describe_streams
-    from shared.natsio import connect
+    from shared.natsio import connect_once
 
     settings = resolve_settings(data_dir=args.data_dir)
 
     async def run() -> list[dict[str, Any]]:
-        nc = await connect(
-            settings,
-            "cli",
-            max_reconnect_attempts=0,
-            allow_reconnect=False,
-            connect_timeout=2,
-            disconnected_cb=_quiet,
-        )
+        nc = await connect_once(_url(settings), "atomic-guide-cli")
         try:
             return await describe_streams(nc.jetstream())
         finally:
             await nc.close()
 
-    try:
-        rows = asyncio.run(run())
-    except Exception as exc:  # no server at the recorded URL: say so, not a traceback
-        print(f"atomic-guide: cannot reach NATS at {settings.nats_url}: {exc!r}", file=sys.stderr)
-        return 1
+    rows = asyncio.run(run())
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -277,12 +278,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ops.datadir import DataDirInUse
+    from shared.natsio import NatsUnreachable
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except ConfigError as exc:
         print(f"atomic-guide: {exc}", file=sys.stderr)
         return 2
+    except DataDirInUse as exc:
+        print(f"atomic-guide: {exc}", file=sys.stderr)
+        return 1
+    except NatsUnreachable as exc:  # one line, no traceback: the stack is down or the URL stale
+        print(f"atomic-guide: {exc} (is `atomic-guide up` running?)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ops.proc import spawn
+
 __all__ = ["NatsServer", "find_binary", "start_nats"]
 
 _TEMPLATE = Path(__file__).with_name("nats") / "nats.conf"
@@ -43,6 +45,14 @@ class NatsServer:
     monitor_url: str
     store_dir: Path
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def monitor_port(self) -> int:
+        return int(self.monitor_url.rsplit(":", 1)[1]) if self.monitor_url else -1
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -58,7 +68,13 @@ def start_nats(
     sync_interval: str = "always",
     log_file: Path | None = None,
     timeout: float = 20.0,
+    *,
+    port: int = -1,
+    http_port: int = -1,
+    keep_fds: tuple[int, ...] = (),
 ) -> NatsServer:
+    """Start nats-server on the data dir's store. ``port=-1``: a free port, reported back; a
+    restart passes the port it had so the services reconnect to the same URL."""
     data_dir = data_dir.resolve()
     store = data_dir / "nats"
     ports_dir = data_dir / "nats-run"
@@ -68,8 +84,8 @@ def start_nats(
         old.unlink()
     conf = _TEMPLATE.read_text()
     values = {
-        "port": "-1",
-        "http_port": "-1",
+        "port": str(port),
+        "http_port": str(http_port),
         "store_dir": str(store),
         "sync_interval": sync_interval,
     }
@@ -78,13 +94,10 @@ def start_nats(
     conf += f'\nports_file_dir: "{ports_dir}"\n'
     conf_path = ports_dir / "nats.conf"
     conf_path.write_text(conf)
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(
-        [find_binary(), "-c", str(conf_path)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # Ctrl-C goes to the supervisor, which stops us in order
-    )
+    # A session of its own (Ctrl-C goes to the supervisor, which stops us in order), and bound
+    # to our life: it never outlives the process that started it.
+    log = log_file or Path(os.devnull)
+    proc = spawn([find_binary(), "-c", str(conf_path)], log=log, keep_fds=keep_fds)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -1,4 +1,9 @@
-"""Runs each service as its own process, restarts the ones that crash, stops all in order."""
+"""Runs each service as its own process, restarts the ones that crash, stops all in order.
+
+The embedded nats-server is supervised like the services: if it dies it is started again on the
+same store and the same port, so the services (which reconnect forever) find it where it was and
+heal what a restart loses (the in-memory command stream, consumers).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-__all__ = ["SERVICES", "Supervisor"]
+from ops.natsd import NatsServer, start_nats
+from ops.proc import spawn
+
+__all__ = ["SERVICES", "NatsChild", "Supervisor"]
 
 # Every service `up` starts: name -> python module. compose.yaml must have each (a test checks).
 SERVICES: dict[str, str] = {
@@ -18,14 +28,46 @@ SERVICES: dict[str, str] = {
     "analytics": "services.analytics",
     "collaboration": "services.collaboration",
 }
-# Stop order: the gateway first (sockets get 1001 while the backends still answer).
-STOP_ORDER = ["gateway", "chat", "analytics", "collaboration"]
+# Stop order: the gateway first (sockets get 1001 while the backends still answer), NATS last.
+STOP_ORDER = ["gateway", "chat", "analytics", "collaboration", "nats"]
+
+
+def say(text: str) -> None:
+    """A status line on stderr; never fails (stderr may be a pipe whose reader is gone)."""
+    try:
+        print(f"[up] {text}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+@dataclass
+class NatsChild:
+    """How to (re)start the embedded nats-server: same store, same ports after the first start."""
+
+    data_dir: Path
+    sync_interval: str
+    log_file: Path
+    keep_fds: tuple[int, ...] = ()
+    server: NatsServer | None = None
+
+    def start(self) -> subprocess.Popen[bytes]:
+        port = self.server.port if self.server else -1
+        http_port = self.server.monitor_port if self.server else -1
+        self.server = start_nats(
+            self.data_dir,
+            self.sync_interval,
+            self.log_file,
+            port=port,
+            http_port=http_port,
+            keep_fds=self.keep_fds,
+        )
+        return self.server.process
 
 
 @dataclass
 class _Child:
     name: str
-    module: str
+    start: Callable[[], subprocess.Popen[bytes]]
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     restarts: int = 0
@@ -42,49 +84,75 @@ def _free_port(host: str) -> int:
 
 
 class Supervisor:
-    def __init__(self, env: dict[str, str], names: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        names: list[str] | None = None,
+        *,
+        nats: NatsChild | None = None,
+        keep_fds: tuple[int, ...] = (),
+    ) -> None:
         self.env = env
-        self.children = {n: _Child(n, SERVICES[n]) for n in (names or list(SERVICES))}
+        self.keep_fds = keep_fds
+        self.children: dict[str, _Child] = {}
+        if nats is not None:
+            self.children["nats"] = _Child("nats", nats.start)
+        for n in names or list(SERVICES):
+            self.children[n] = _Child(n, self._service_starter(n))
         self.stopping = False
         # Each backend serves Prometheus metrics on a port of its own (the gateway at /metrics).
         host = env.get("AG_GATEWAY_HOST", "127.0.0.1")
-        self.metrics_ports = {n: _free_port(host) for n in self.children if n != "gateway"}
+        self.metrics_ports = {n: _free_port(host) for n in self.children if n in SERVICES}
+        self.metrics_ports.pop("gateway", None)
+
+    def _service_starter(self, name: str) -> Callable[[], subprocess.Popen[bytes]]:
+        def start() -> subprocess.Popen[bytes]:
+            env = dict(self.env)
+            if name in self.metrics_ports:
+                env["AG_METRICS_PORT"] = str(self.metrics_ports[name])
+            env["AG_PARENT_PID"] = str(os.getpid())  # services also watch us (non-Linux)
+            return spawn([sys.executable, "-m", SERVICES[name]], env=env, keep_fds=self.keep_fds)
+
+        return start
 
     def _spawn(self, child: _Child) -> None:
-        env = dict(self.env)
-        if child.name in self.metrics_ports:
-            env["AG_METRICS_PORT"] = str(self.metrics_ports[child.name])
-        child.proc = subprocess.Popen(
-            [sys.executable, "-m", child.module],
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
-        )
+        try:
+            child.proc = child.start()
+        except Exception as exc:  # e.g. nats-server could not bind its port again yet
+            say(f"{child.name} did not start: {exc}")
+            child.proc = None
+            child.next_start = time.monotonic() + child.backoff
+            child.backoff = min(child.backoff * 2, 30.0)
+            return
         child.started = time.monotonic()
-        print(f"[up] started {child.name} (pid {child.proc.pid})", file=sys.stderr, flush=True)
+        say(f"started {child.name} (pid {child.proc.pid})")
 
     def start(self, names: list[str] | None = None) -> None:
         for name in names or list(self.children):
             child = self.children[name]
             if child.proc is None:
                 self._spawn(child)
+                if child.proc is None:
+                    raise RuntimeError(f"{name} did not start")
 
     def poll(self) -> None:
         """Restart crashed children, with backoff that resets after a minute of good health."""
         now = time.monotonic()
         for child in self.children.values():
-            if self.stopping or child.proc is None:
-                continue  # stopping, or not started yet (the gateway waits for the backends)
+            if self.stopping:
+                return
+            if child.proc is None:
+                if child.next_start and now >= child.next_start:  # a failed restart: again
+                    child.next_start = 0.0
+                    self._spawn(child)
+                continue  # or not started yet (the gateway waits for the backends)
             code = child.proc.poll()
             if code is None:
                 if now - child.started > 60:
                     child.backoff = 0.5
                 continue
             if child.next_start == 0.0:
-                print(
-                    f"[up] {child.name} exited with {code}; restarting in {child.backoff:.1f}s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                say(f"{child.name} exited with {code}; restarting in {child.backoff:.1f}s")
                 child.next_start = now + child.backoff
                 child.backoff = min(child.backoff * 2, 30.0)
             elif now >= child.next_start:

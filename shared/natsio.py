@@ -26,6 +26,8 @@ __all__ = [
     "DurablePull",
     "append_atomic",
     "connect",
+    "connect_once",
+    "NatsUnreachable",
     "replay",
     "stream_seq",
     "streams_exist",
@@ -55,6 +57,51 @@ async def connect(settings: Settings, name: str, **kwargs: Any) -> NATS:
     }
     options.update(kwargs)  # callers (the CLI) may ask for no reconnects
     return await nats.connect(servers=settings.nats_servers, name=name, **options)
+
+
+class NatsUnreachable(ConnectionError):
+    """No NATS server answered at ``url`` (a tool that needs it says so and stops)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach NATS at {url}: {reason}")
+        self.url = url
+
+
+async def connect_once(url: str, name: str, timeout: float = 3.0) -> NATS:
+    """One connection attempt per server, no reconnects, the whole attempt bounded by
+    ``timeout``: what a command-line tool wants (a stale URL fails in seconds, not never).
+
+    nats-py's own "no reconnect" options still retry the initial connect forever, so the bound
+    is ours.
+    """
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+
+    async def _quiet(*_: Any) -> None:
+        return None
+
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
+                servers=servers,
+                name=name,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,
+                connect_timeout=min(timeout, 2.0),
+                error_cb=_quiet,
+                disconnected_cb=_quiet,
+                closed_cb=_quiet,
+            ),
+            timeout,
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        if isinstance(exc, TimeoutError):
+            reason = "no answer"
+        elif isinstance(exc, nats.errors.NoServersError):
+            reason = "nothing answers there"
+        else:
+            reason = str(exc) or type(exc).__name__
+        raise NatsUnreachable(url, reason) from None
 
 
 def stream_seq(msg: Msg) -> int:

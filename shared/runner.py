@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -14,7 +17,7 @@ from shared.config import Settings, load_settings
 from shared.logs import get_logger, setup_logging
 from shared.natsio import connect
 
-__all__ = ["Service", "run_service"]
+__all__ = ["Service", "run_service", "watch_parent"]
 
 log = get_logger(__name__)
 
@@ -24,9 +27,26 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
+def watch_parent() -> None:
+    """Under `atomic-guide up` (``AG_PARENT_PID``): stop cleanly, as on SIGTERM, once the
+    supervisor is gone. On Linux the kernel's parent-death signal does this already; this
+    thread covers the other platforms."""
+    expected = os.environ.get("AG_PARENT_PID")
+    if not expected or not expected.isdigit():
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(expected):
+            time.sleep(1.0)  # polling: there is no portable event for "my parent died"
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def run_service(name: str, factory: Callable[[Settings, NATS], Service]) -> None:
     settings = load_settings()
     setup_logging(name, settings.log_format, settings.log_level)
+    watch_parent()
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.gateway_host)
     asyncio.run(_main(name, settings, factory))

@@ -11,6 +11,7 @@ import uvicorn
 from services.gateway.app import Gateway, create_app
 from shared.config import Settings, load_settings
 from shared.logs import setup_logging
+from shared.runner import watch_parent
 
 
 class _Server(uvicorn.Server):
@@ -51,6 +52,7 @@ def build_server(settings: Settings) -> _Server:
 def main() -> None:
     settings = load_settings()
     setup_logging("gateway", settings.log_format, settings.log_level)
+    watch_parent()
     server = build_server(settings)
     server.run()
 

@@ -25,11 +25,13 @@ the heartbeat yet and is not closed by it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
-__all__ = ["Change", "Member", "Present", "PresenceCore"]
+from shared.schemas.commands import Connection
+
+__all__ = ["Change", "ConnectionChange", "ConnectionPresence", "Member", "Present", "PresenceCore"]
 
 K = TypeVar("K", bound=Hashable)
 S = TypeVar("S", bound=Hashable)
@@ -225,3 +227,73 @@ class PresenceCore(Generic[K, S, P]):
         r = self._rooms.get(room)
         if r is not None and not r.conns and not r.assumed:
             del self._rooms[room]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionChange:
+    kind: str  # "joined" | "left"
+    context_id: str
+    user_id: str
+    user_name: str
+
+
+def _member(conn: Connection) -> Member[str, None]:
+    return Member(conn.contextId, conn.userId, conn.userName, None)
+
+
+def _change(ch: Change[str, None]) -> ConnectionChange:
+    return ConnectionChange(ch.kind, ch.room, ch.user_id, ch.user_name)
+
+
+class ConnectionPresence:
+    """Who has a connection open in each context over all gateways (chat rooms; the
+    collaboration endpoint's sockets): ``PresenceCore`` keyed by context id, one slot per
+    connection id, no payload."""
+
+    def __init__(self) -> None:
+        # room: context id; slot: connection id (one room per connection). A room the log replay
+        # empties stays until settle, which keeps settle's leaves in first-seen room order.
+        self._core: PresenceCore[str, str, None] = PresenceCore(drop_unassumed_rooms=False)
+
+    def users(self, context_id: str) -> list[dict[str, str]]:
+        return [
+            {"userId": u.user_id, "username": u.user_name} for u in self._core.present(context_id)
+        ]
+
+    def assume(self, context_id: str, user_id: str, user_name: str, present: bool) -> None:
+        """Replay of the log's join/leave events on start-up."""
+        self._core.assume(context_id, user_id, user_name, None, present)
+
+    def open(
+        self, gateway: str, conn: Connection, now: float, seq: int = 0
+    ) -> ConnectionChange | None:
+        ch = self._core.open(gateway, conn.connectionId, _member(conn), now, seq)
+        return _change(ch) if ch else None
+
+    def close(self, gateway: str, connection_id: str) -> ConnectionChange | None:
+        ch = self._core.close(gateway, connection_id)
+        return _change(ch) if ch else None
+
+    def heartbeat(
+        self,
+        gateway: str,
+        conns: Iterable[Connection],
+        now: float,
+        final: bool = False,
+        seq: int | None = None,
+    ) -> list[ConnectionChange]:
+        """Reconcile one gateway's announced sockets with what we hold for it.
+
+        ``seq`` is the gateway's message counter when it composed the heartbeat: sockets it
+        opened later are not in the list yet and stay open.
+        """
+        announced = {} if final else {c.connectionId: _member(c) for c in conns}
+        return [_change(ch) for ch in self._core.heartbeat(gateway, announced, now, final, seq)]
+
+    def expire(self, now: float, timeout: float) -> list[ConnectionChange]:
+        """Drop every socket of gateways silent for longer than ``timeout``."""
+        return [_change(ch) for ch in self._core.expire(now, timeout)]
+
+    def settle(self) -> list[ConnectionChange]:
+        """End of the start-up grace: users the log had present but no gateway has are gone."""
+        return [_change(ch) for ch in self._core.settle()]

@@ -73,8 +73,14 @@ def collab_snapshots(context_id: str, session_id: str) -> str:
     return f"ag.evt.collab.{token(context_id)}.{token(session_id)}.snapshot"
 
 
+def collab_connections(context_id: str) -> str:
+    """Users with a collaboration socket open in the context (in a session or not)."""
+    return f"ag.evt.collab.{token(context_id)}.connections"
+
+
 COLLAB_EVENTS_ALL = "ag.evt.collab.>"
 COLLAB_PRESENCE_ALL = "ag.evt.collab.*.*.presence"
+COLLAB_CONNECTIONS_ALL = "ag.evt.collab.*.connections"
 
 
 def learning(context_id: str, kind: str) -> str:

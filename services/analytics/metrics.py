@@ -15,7 +15,8 @@ Definitions (PROTOCOL.md, "Analytics"); W = ``AG_METRICS_WINDOW_S``:
   ``now - W`` to the minute holding ``now``, oldest first, empty minutes included; so W/60 + 1
   entries (16 for 900 s), the first and last partial, and their sum equals ``events``.
 - ``engagement``: ``onlineUsers``: users whose last presence event (by stream order) in the chat
-  room, or in any collaboration session, of the context says joined; a user counts once.
+  room, in any collaboration session, or of their collaboration sockets in the context (open
+  before any session is joined: ``collab.user_connected``) says joined; a user counts once.
   ``activeUsers``: distinct users with a chat, presence or edit event in the window.
   ``messagesPerActiveUser``: messages in the window / activeUsers. ``participationRate``:
   activeUsers / distinct users with such an event in the last max(24 h, W).
@@ -98,19 +99,24 @@ ev AS (
     FROM events e JOIN ctx USING (context_id)
     WHERE e.ts <= $now AND e.seq <= $upto AND e.user_id IS NOT NULL
       AND e.type IN ('chat.message', 'chat.user_joined', 'chat.user_left',
-                     'collab.edit', 'collab.participant_joined', 'collab.participant_left')
+                     'collab.edit', 'collab.participant_joined', 'collab.participant_left',
+                     'collab.user_connected', 'collab.user_disconnected')
 ),
 presence AS (
-    -- the last presence event of each user in the chat room and in each collaboration session
+    -- the last presence event of each user in the chat room, in each collaboration session,
+    -- and of their collaboration sockets in the context (in a session or not)
     SELECT context_id, user_id, arg_max(type, seq) AS last
     FROM ev
     WHERE type IN ('chat.user_joined', 'chat.user_left',
-                   'collab.participant_joined', 'collab.participant_left')
-    GROUP BY context_id, user_id, starts_with(type, 'chat.'), session_id
+                   'collab.participant_joined', 'collab.participant_left',
+                   'collab.user_connected', 'collab.user_disconnected')
+    GROUP BY context_id, user_id, starts_with(type, 'chat.'),
+             type IN ('collab.user_connected', 'collab.user_disconnected'), session_id
 ),
 online AS (
     SELECT context_id, count(DISTINCT user_id) AS users
-    FROM presence WHERE last IN ('chat.user_joined', 'collab.participant_joined')
+    FROM presence
+    WHERE last IN ('chat.user_joined', 'collab.participant_joined', 'collab.user_connected')
     GROUP BY context_id
 ),
 recent AS (

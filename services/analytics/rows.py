@@ -22,6 +22,8 @@ from shared import subjects
 from shared.schemas.events import (
     AssessmentSubmitted,
     ChatMessagePosted,
+    CollabUserConnected,
+    CollabUserDisconnected,
     DocumentSnapshot,
     EditApplied,
     ParticipantJoined,
@@ -93,6 +95,8 @@ _KNOWN = {
         EditApplied,
         ParticipantJoined,
         ParticipantLeft,
+        CollabUserConnected,
+        CollabUserDisconnected,
         DocumentSnapshot,
     )
 }
@@ -104,6 +108,8 @@ _ENGAGEMENT = frozenset(
         "collab.edit",
         "collab.participant_joined",
         "collab.participant_left",
+        "collab.user_connected",
+        "collab.user_disconnected",
     }
 )
 
@@ -148,7 +154,13 @@ def to_row(seq: int, subject: str, data: bytes) -> Row | Invalid:
             return Row(*base, ev.userId, ev.sessionId, None, None, None, None, subject, raw)
         case DocumentSnapshot():
             return Row(*base, None, ev.sessionId, None, None, None, None, subject, raw)
-        case ChatMessagePosted() | UserJoined() | UserLeft():
+        case (
+            ChatMessagePosted()
+            | UserJoined()
+            | UserLeft()
+            | CollabUserConnected()
+            | CollabUserDisconnected()
+        ):
             return Row(*base, ev.userId, None, None, None, None, None, subject, raw)
     return Invalid(seq, subject, f"unhandled type {base[2]}", data)  # pragma: no cover
 

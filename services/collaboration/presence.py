@@ -1,5 +1,9 @@
 """Session presence as the collaboration service runs it: ``Participants`` plus the event log.
 
+Besides session participants it keeps who has a collaboration socket open in each context at
+all (``online``, logged as ``collab.user_connected`` / ``collab.user_disconnected``): analytics
+counts a user online from the moment the editor page connects, before any session is joined.
+
 Every change the sans-I/O ``Participants`` reports is logged (``ParticipantJoined`` /
 ``ParticipantLeft`` on the session's presence subject, which analytics counts) and then sent to
 the session's other users on its live subject. One lock keeps the changes in order. Neither step
@@ -19,8 +23,14 @@ from nats.js.errors import APIError
 
 from shared import subjects
 from shared.logs import get_logger
-from shared.schemas.commands import CollabHeartbeat, SessionMember
-from shared.schemas.events import ParticipantJoined, ParticipantLeft
+from shared.presence import ConnectionChange, ConnectionPresence
+from shared.schemas.commands import CollabHeartbeat, Connection, SessionMember
+from shared.schemas.events import (
+    CollabUserConnected,
+    CollabUserDisconnected,
+    ParticipantJoined,
+    ParticipantLeft,
+)
 from shared.schemas.wire import encode_frame
 from shared.timefmt import ms_to_ts, now_ms
 
@@ -39,6 +49,9 @@ class PresenceKeeper:
         self.store = store
         self.beat = heartbeat_s
         self.participants = Participants()
+        # Users with a collaboration socket open in a context, in a session or not yet
+        # (analytics counts them online); logged, never broadcast.
+        self.online = ConnectionPresence()
         self._lock = asyncio.Lock()
         self._settled = False
 
@@ -55,6 +68,9 @@ class PresenceKeeper:
                     p.assume(ev.contextId, ev.sessionId, ev.userId, ev.userName, ev.role, True)
                 case ParticipantLeft():
                     p.assume(ev.contextId, ev.sessionId, ev.userId, ev.userName, "", False)
+                case CollabUserConnected() | CollabUserDisconnected():
+                    on = isinstance(ev, CollabUserConnected)
+                    self.online.assume(ev.contextId, ev.userId, ev.userName, on)
             count += 1
         log.info("collaboration presence rebuilt", extra={"events": count})
 
@@ -70,6 +86,18 @@ class PresenceKeeper:
             if change is not None:
                 await self._announce(change)
 
+    async def connect(self, gateway: str, conn: Connection, now: float, seq: int) -> None:
+        async with self._lock:
+            change = self.online.open(gateway, conn, now, seq)
+            if change is not None:
+                await self._announce_online(change)
+
+    async def disconnect(self, gateway: str, conn: Connection) -> None:
+        async with self._lock:
+            change = self.online.close(gateway, conn.connectionId)
+            if change is not None:
+                await self._announce_online(change)
+
     async def on_heartbeat(self, msg: Msg, now: float) -> None:
         try:
             hb = _heartbeat_decoder.decode(msg.data)
@@ -80,16 +108,32 @@ class PresenceKeeper:
                 hb.gatewayId, hb.members, now, final=hb.final, seq=hb.seq
             ):
                 await self._announce(ch)
+            for och in self.online.heartbeat(
+                hb.gatewayId, hb.connections, now, final=hb.final, seq=hb.seq
+            ):
+                await self._announce_online(och)
 
     async def tick(self, now: float, uptime: float) -> None:
         """Expire silent gateways; after the start-up grace, leave users no gateway confirmed."""
         async with self._lock:
             changes = self.participants.expire(now, 3 * self.beat)
+            online = self.online.expire(now, 3 * self.beat)
             if not self._settled and uptime > 2.5 * self.beat:
                 changes += self.participants.settle()
+                online += self.online.settle()
                 self._settled = True
             for ch in changes:
                 await self._announce(ch)
+            for och in online:
+                await self._announce_online(och)
+
+    async def _announce_online(self, ch: ConnectionChange) -> None:
+        cls = CollabUserConnected if ch.kind == "joined" else CollabUserDisconnected
+        ev = cls(contextId=ch.context_id, ts=now_ms(), userId=ch.user_id, userName=ch.user_name)
+        try:
+            await self.store.append_online(ev)
+        except (TimeoutError, nats.errors.Error, APIError) as exc:
+            log.warning("online change not logged", extra={"error": repr(exc)})
 
     async def _announce(self, ch: Change) -> None:
         """Log a join/leave, then tell the session's other users."""

@@ -54,8 +54,10 @@ from shared.config import Settings
 from shared.logs import get_logger
 from shared.natsio import BatchRefused, DurablePull
 from shared.schemas.commands import (
+    CollabClose,
     CollabJoin,
     CollabLeave,
+    CollabOpen,
     CollabReply,
     CollabRequest,
     CollabSnapshotRequest,
@@ -345,6 +347,12 @@ class CollabService:
                 return CollabReply()
             case CollabSnapshotRequest(contextId=ctx, sessionId=session):
                 return await self._read(ctx, session, participants=False)
+            case CollabOpen(gatewayId=gw, conn=conn, seq=seq):
+                await self.presence.connect(gw, conn, time.monotonic(), seq)
+                return CollabReply()
+            case CollabClose(gatewayId=gw, conn=conn):
+                await self.presence.disconnect(gw, conn)
+                return CollabReply()
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         await self.presence.on_heartbeat(msg, time.monotonic())

@@ -44,6 +44,8 @@ from shared.natsio import (
     stream_seq,
 )
 from shared.schemas.events import (
+    CollabUserConnected,
+    CollabUserDisconnected,
     DocumentSnapshot,
     EditApplied,
     Event,
@@ -206,14 +208,21 @@ class DocStore:
 
     async def append_presence(self, ev: ParticipantJoined | ParticipantLeft) -> None:
         subject = subjects.collab_presence(ev.contextId, ev.sessionId)
-        await self._append(subject, encode_event(ev), uuid.uuid4().hex)
+        await self._append(subject, encode_event(ev), _new_id())
+
+    async def append_online(self, ev: CollabUserConnected | CollabUserDisconnected) -> None:
+        await self._append(subjects.collab_connections(ev.contextId), encode_event(ev), _new_id())
 
     async def presence_events(self) -> AsyncIterator[Event]:
-        """Every logged join/leave, oldest first (presence is rebuilt from them at start)."""
-        async for msg in replay(self.js, subjects.EVENTS_STREAM, subjects.COLLAB_PRESENCE_ALL):
-            ev = decode_logged(msg.data, stream_seq(msg), msg.subject, "collaboration")
-            if ev is not None:
-                yield ev
+        """Every logged join/leave and connect/disconnect, oldest first (presence is rebuilt
+        from them at start)."""
+        # Two independent sets (participants per session, sockets per context): the order
+        # between them does not matter, only within each.
+        for wanted in (subjects.COLLAB_PRESENCE_ALL, subjects.COLLAB_CONNECTIONS_ALL):
+            async for msg in replay(self.js, subjects.EVENTS_STREAM, wanted):
+                ev = decode_logged(msg.data, stream_seq(msg), msg.subject, "collaboration")
+                if ev is not None:
+                    yield ev
 
     async def _append(
         self,
@@ -227,3 +236,7 @@ class DocStore:
             return await append_one(self.js, subject, payload, msg_id, expected, timeout)
         except natsio.Conflict:
             raise Conflict from None
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex

@@ -21,7 +21,6 @@ from shared.config import Settings
 from shared.errors import CLOSE_SERVICE_RESTART, AGError
 from shared.logs import get_logger
 from shared.schemas.commands import (
-    Connection,
     HistoryReply,
     HistoryRequest,
     Origin,
@@ -84,7 +83,7 @@ class ChatEndpoint:
         assert conn.identity is not None and conn.context_id is not None
         conn.present = True
         change = PresenceChange(
-            self.hub.gateway_id, "open", _conn_ref(conn), self.hub.next_presence_seq()
+            self.hub.gateway_id, "open", conn.ref(), self.hub.next_presence_seq()
         )
         try:
             reply = await self.nc.request(
@@ -130,7 +129,7 @@ class ChatEndpoint:
         if self.nc.is_connected:
             conn.present = False
             change = PresenceChange(
-                self.hub.gateway_id, "close", _conn_ref(conn), self.hub.next_presence_seq()
+                self.hub.gateway_id, "close", conn.ref(), self.hub.next_presence_seq()
             )
             await self.nc.publish(subjects.RPC_CHAT_PRESENCE, encode(change))
 
@@ -226,8 +225,3 @@ class ChatEndpoint:
             return _history_decoder.decode(msg.data)
         except (TimeoutError, nats.errors.Error, msgspec.DecodeError):
             raise AGError("unavailable", UNAVAILABLE) from None
-
-
-def _conn_ref(conn: Conn) -> Connection:
-    assert conn.identity is not None and conn.context_id is not None
-    return Connection(conn.context_id, conn.id, conn.identity.user_id, conn.identity.name)

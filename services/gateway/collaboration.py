@@ -54,9 +54,11 @@ from shared.config import Settings
 from shared.errors import AGError
 from shared.logs import get_logger
 from shared.schemas.commands import (
+    CollabClose,
     CollabHeartbeat,
     CollabJoin,
     CollabLeave,
+    CollabOpen,
     CollabReply,
     CollabRequest,
     CollabSnapshotRequest,
@@ -89,6 +91,7 @@ class CollaborationEndpoint:
         self._subs: dict[str, Subscription] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._beat_task: asyncio.Task[None] | None = None
+        self._open: dict[str, Conn] = {}  # connection id -> socket announced as online
 
     async def start(self) -> None:
         self._beat_task = asyncio.create_task(self._beat(), name="collab-heartbeat")
@@ -110,11 +113,27 @@ class CollaborationEndpoint:
     # --- open / close ---------------------------------------------------------------------
     async def on_open(self, conn: Conn, last_seq: int | None) -> None:
         await conn.reply(connected_text(conn))
+        # Online in the context from now on, session or not (the heartbeat lists it too, so a
+        # lost announcement is made good within a beat).
+        self._open[conn.id] = conn
+        await self._tell(CollabOpen(self.hub.gateway_id, conn.ref(), self.hub.next_presence_seq()))
 
     async def on_close(self, conn: Conn) -> None:
         for member in list(self._joined.pop(conn.id, {}).values()):
             await self._detach(member)
             await self._tell_left(member)
+        if self._open.pop(conn.id, None) is not None:
+            await self._tell(
+                CollabClose(self.hub.gateway_id, conn.ref(), self.hub.next_presence_seq())
+            )
+
+    async def _tell(self, change: CollabOpen | CollabClose) -> None:
+        if not self.nc.is_connected:
+            return  # the next heartbeat after the reconnect says it
+        try:
+            await self.nc.publish(subjects.RPC_COLLAB, _rpc_encoder.encode(change))
+        except nats.errors.Error as exc:
+            log.warning("collaboration presence not sent", extra={"error": repr(exc)})
 
     # --- frames ---------------------------------------------------------------------------
     def handle(self, conn: Conn, frame: ClientFrame) -> Reply:
@@ -361,7 +380,10 @@ class CollaborationEndpoint:
             if not self.nc.is_connected:
                 continue
             members = [m.ref() for s in self._joined.values() for m in s.values() if m.announced]
-            hb = CollabHeartbeat(self.hub.gateway_id, members, seq=self.hub.next_presence_seq())
+            conns = [c.ref() for c in self._open.values()]
+            hb = CollabHeartbeat(
+                self.hub.gateway_id, members, seq=self.hub.next_presence_seq(), connections=conns
+            )
             try:
                 await self.nc.publish(subjects.COLLAB_HEARTBEAT, encode(hb))
             except Exception as exc:

@@ -17,6 +17,7 @@ from typing import Any
 from shared.auth import Identity
 from shared.errors import CLOSE_TRY_AGAIN
 from shared.logs import get_logger
+from shared.schemas.commands import Connection
 
 __all__ = ["Conn"]
 
@@ -54,6 +55,11 @@ class Conn:
     @property
     def user_id(self) -> str | None:
         return self.identity.user_id if self.identity else None
+
+    def ref(self) -> Connection:
+        """This authenticated socket as presence bookkeeping names it."""
+        assert self.identity is not None and self.context_id is not None
+        return Connection(self.context_id, self.id, self.identity.user_id, self.identity.name)
 
     def start(self) -> None:
         self._tasks = [

@@ -335,13 +335,11 @@ class Hub:
 
     # --- presence heartbeats --------------------------------------------------------------
     def presence_conns(self) -> list[Connection]:
-        out = []
-        for conn in self.conns:
-            if conn.endpoint == "chat" and conn.identity and conn.context_id and conn.present:
-                out.append(
-                    Connection(conn.context_id, conn.id, conn.identity.user_id, conn.identity.name)
-                )
-        return out
+        return [
+            conn.ref()
+            for conn in self.conns
+            if conn.endpoint == "chat" and conn.identity and conn.context_id and conn.present
+        ]
 
     async def _beat(self) -> None:
         while True:

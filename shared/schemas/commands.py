@@ -23,6 +23,8 @@ __all__ = [
     "CollabJoin",
     "CollabLeave",
     "CollabSnapshotRequest",
+    "CollabOpen",
+    "CollabClose",
     "CollabRequest",
     "CollabReply",
     "CollabHeartbeat",
@@ -155,7 +157,22 @@ class CollabSnapshotRequest(Struct, frozen=True, tag="snapshot"):
     sessionId: str
 
 
-CollabRequest = CollabJoin | CollabLeave | CollabSnapshotRequest
+class CollabOpen(Struct, frozen=True, tag="open"):
+    """A collaboration socket opened (before it joins any session): the user is online in the
+    context (analytics' ``onlineUsers``)."""
+
+    gatewayId: str
+    conn: Connection
+    seq: int = 0
+
+
+class CollabClose(Struct, frozen=True, tag="close"):
+    gatewayId: str
+    conn: Connection
+    seq: int = 0
+
+
+CollabRequest = CollabJoin | CollabLeave | CollabSnapshotRequest | CollabOpen | CollabClose
 
 
 class CollabReply(Struct, frozen=True, omit_defaults=True):
@@ -173,3 +190,4 @@ class CollabHeartbeat(Struct, frozen=True):
     members: list[SessionMember]
     final: bool = False
     seq: int = 0
+    connections: list[Connection] = msgspec.field(default_factory=list)  # every open socket

@@ -21,6 +21,8 @@ __all__ = [
     "ParticipantJoined",
     "ParticipantLeft",
     "DocumentSnapshot",
+    "CollabUserConnected",
+    "CollabUserDisconnected",
     "decode_event",
     "dedup_key",
     "encode_event",
@@ -93,6 +95,20 @@ class ParticipantLeft(_Event, frozen=True, tag="collab.participant_left"):
     userName: str
 
 
+class CollabUserConnected(_Event, frozen=True, tag="collab.user_connected"):
+    """A user's first collaboration socket in the context opened (joined session or not)."""
+
+    userId: str
+    userName: str
+
+
+class CollabUserDisconnected(_Event, frozen=True, tag="collab.user_disconnected"):
+    """A user's last collaboration socket in the context closed."""
+
+    userId: str
+    userName: str
+
+
 class DocumentSnapshot(_Event, frozen=True, tag="collab.snapshot"):
     sessionId: str
     version: int
@@ -119,6 +135,8 @@ Event = (
     | EditApplied
     | ParticipantJoined
     | ParticipantLeft
+    | CollabUserConnected
+    | CollabUserDisconnected
     | DocumentSnapshot
 )
 

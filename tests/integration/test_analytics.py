@@ -71,6 +71,29 @@ async def test_a_user_on_two_gateways_is_online_once(
     await dash.close()
 
 
+async def test_an_open_collaboration_socket_is_online_before_it_joins_a_session(
+    make_stack: Callable[..., Any], nc: NATS
+) -> None:
+    stack: Stack = await make_stack(services=["collaboration"])
+    await start_analytics(stack, nc)
+    c = ctx()
+    dash = await watch(stack, c, ["engagement"])
+    url = stack.url("/api/collaboration/ws", token=token("carol", c), contextId=c)
+    editor = await Client.connect(url)
+    await editor.expect("connected")
+    await update_where(dash, "engagement", lambda v: v["onlineUsers"] == 1)  # no session yet
+    second = await Client.connect(url)  # a second tab, then a session: still one user
+    await second.expect("connected")
+    await second.request(
+        {"type": "join_session", "id": "j", "data": {"sessionId": "doc"}}, "session_joined"
+    )
+    await editor.close()
+    await second.close()
+    await update_where(dash, "engagement", lambda v: v["onlineUsers"] == 0)
+    assert (await rpc_current(nc, c)).values[c]["engagement"]["onlineUsers"] == 0
+    await dash.close()
+
+
 async def test_learners_may_not_open_the_analytics_socket(astack: Stack) -> None:
     c = ctx()
     ws = await Client.connect(astack.url("/api/analytics/ws", token=token("lee", c), contextId=c))

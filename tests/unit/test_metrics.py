@@ -69,6 +69,12 @@ class Log:
             ev["role"] = "participant"
         return self.add(subjects.collab_presence(ctx, session), ev)
 
+    def editor(self, ctx: str, user: str, ts: int, connected: bool = True) -> Log:
+        """A user's collaboration sockets in the context: the first opened, the last closed."""
+        kind = "collab.user_connected" if connected else "collab.user_disconnected"
+        ev = {"type": kind, "contextId": ctx, "ts": ts, "userId": user, "userName": user.title()}
+        return self.add(subjects.collab_connections(ctx), ev)
+
     def edit(self, ctx: str, session: str, user: str, ts: int) -> Log:
         ev = {
             "type": "collab.edit",
@@ -240,6 +246,25 @@ def test_online_users_follow_the_last_presence_event_and_count_once(tmp_path: Pa
     assert value(store, "engagement")["onlineUsers"] == 3  # bob, carol, erin
     # `now` while carol was away and dave not yet gone
     assert value(store, "engagement", now=NOW - 5500)["onlineUsers"] == 2  # bob, dave
+
+
+def test_an_open_editor_counts_online_before_any_session_and_once_with_one(
+    tmp_path: Path,
+) -> None:
+    log = (
+        Log()
+        .editor("c", "gus", NOW - 9000)  # the editor page is open, no session joined
+        .editor("c", "hal", NOW - 8000)
+        .participant("c", "s1", "hal", NOW - 7000)  # hal also joins a session: one user
+        .joined("c", "hal", NOW - 6500)  # and opens the chat: still one
+        .editor("c", "gus", NOW - 6000, connected=False)
+        .participant("c", "s1", "hal", NOW - 5000, joined=False)  # left the session, page open
+    )
+    store = project(tmp_path, log)
+    assert value(store, "engagement", now=NOW - 8500)["onlineUsers"] == 1  # gus
+    assert value(store, "engagement", now=NOW - 6200)["onlineUsers"] == 2  # gus, hal
+    assert value(store, "engagement")["onlineUsers"] == 1  # hal
+    assert value(store, "activity")["joins"] == 2  # a socket opening is not a join
 
 
 def test_active_users_messages_per_user_and_participation(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ from shared.errors import AGError
 from shared.logs import get_logger
 from shared.schemas.analytics import CurrentReply, CurrentRequest, metric_update_data
 from shared.schemas.events import AssessmentSubmitted, encode_event
-from shared.schemas.wire import ClientFrame, MetricsIn, encode, encode_frame
+from shared.schemas.wire import ClientFrame, MetricsIn, encode, encode_frame, is_json
 from shared.timefmt import ms_to_ts, now_ms
 
 __all__ = ["AnalyticsEndpoint", "AssessmentIn"]
@@ -215,6 +215,8 @@ class AnalyticsEndpoint:
         try:
             data = _assessment_decoder.decode(body)
         except msgspec.ValidationError as exc:
+            if not is_json(body):  # '{} junk': refused as an object before the junk was seen
+                return 400, _problem("invalid_json", "body is not valid JSON")
             return 400, _problem("invalid_message", str(exc))
         except msgspec.DecodeError:
             return 400, _problem("invalid_json", "body is not valid JSON (or has lone surrogates)")

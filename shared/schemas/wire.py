@@ -23,6 +23,7 @@ __all__ = [
     "decode_client_frame",
     "encode_frame",
     "error_frame",
+    "is_json",
     "message_frame",
     "message_wire",
 ]
@@ -127,17 +128,26 @@ class ClientFrame(Struct, frozen=True):
     envelope: Envelope
 
 
-def _is_syntactically_json(raw: bytes | str) -> bool:
-    """msgspec refuses lone surrogates as malformed; the protocol calls them invalid_message."""
+def json_syntax(raw: bytes | str) -> Literal["ok", "bad", "deep"]:
+    """Whether ``raw`` is JSON by the standard's grammar, checked with the stdlib (which, unlike
+    msgspec, reads lone surrogate escapes: the protocol calls those invalid_message, not
+    invalid_json). "deep": nested past what any decoder here follows (invalid_message)."""
 
     def _refuse(_: str) -> None:
         raise ValueError("NaN/Infinity are not JSON")
 
     try:
         json.loads(raw, parse_constant=_refuse)
-    except (ValueError, RecursionError):
-        return False
-    return True
+    except RecursionError:
+        return "deep"
+    except ValueError:
+        return "bad"
+    return "ok"
+
+
+def is_json(raw: bytes | str) -> bool:
+    """False only for text that is not JSON at all (too deep still counts as JSON)."""
+    return json_syntax(raw) != "bad"
 
 
 _TOO_DEEP = "frame is nested too deeply"
@@ -153,9 +163,15 @@ def decode_client_frame(endpoint: str, raw: bytes | str) -> ClientFrame:
     except RecursionError:
         raise AGError("invalid_message", _TOO_DEEP) from None
     except msgspec.ValidationError as exc:
+        # msgspec may refuse the object before it reaches trailing garbage ('{} junk')
+        if not is_json(raw):
+            raise AGError("invalid_json", "frame is not valid JSON") from None
         raise AGError("invalid_message", f"bad envelope: {exc}") from None
     except msgspec.DecodeError:
-        if _is_syntactically_json(raw):
+        syntax = json_syntax(raw)
+        if syntax == "deep":
+            raise AGError("invalid_message", _TOO_DEEP) from None
+        if syntax == "ok":
             raise AGError("invalid_message", "strings must not hold lone surrogates") from None
         raise AGError("invalid_json", "frame is not valid JSON") from None
     decoder = _DATA[endpoint].get(env.type)

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.errors import AGError
 from shared.schemas.wire import (
@@ -44,6 +49,8 @@ def test_valid_message_decodes_with_defaults() -> None:
         ('{"type":"history","data":{"limit":5.0}}', "invalid_message"),
         ('{"type":"message","data":{"content":"\\udc00"}}', "invalid_message"),
         ('{"type":"\\ud800"}', "invalid_message"),
+        ("{} trailing", "invalid_json"),  # refused as an object before the garbage is seen
+        ('{"id":5} ]', "invalid_json"),
         ('{"type":"edit","data":{}}', "unknown_type"),
         ('{"type":"connected"}', "unknown_type"),
     ],
@@ -104,3 +111,34 @@ def test_an_error_frame_never_fails_on_client_text() -> None:
     frame = json.loads(error_frame(exc, "2026-01-01T00:00:00.000Z", id="\udc00"))
     assert frame["data"] == {"code": "invalid_message"} and "id" not in frame
     assert frame["type"] == "error" and frame["error"].startswith("bad ")
+
+
+_ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    endpoint=st.sampled_from(["chat", "analytics", "collaboration"]),
+    raw=st.one_of(
+        st.text(max_size=200),
+        st.binary(max_size=200),
+        _ANY_JSON.map(lambda v: json.dumps(v, ensure_ascii=False)),
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["message", "edit", "subscribe", "auth", "x"])},
+            optional={"id": _ANY_JSON, "data": _ANY_JSON, "token": _ANY_JSON},
+        ).map(json.dumps),
+    ),
+)
+def test_any_input_decodes_or_is_refused_with_a_protocol_code(endpoint: str, raw: Any) -> None:
+    from shared.schemas.wire import error_frame
+
+    try:
+        decode_client_frame(endpoint, raw)
+    except AGError as exc:
+        assert exc.code in {"invalid_json", "invalid_message", "unknown_type"}
+        frame = json.loads(error_frame(exc, "2026-01-01T00:00:00.000Z", id=peek_id(raw)))
+        assert frame["data"]["code"] == exc.code

@@ -156,7 +156,7 @@ class Sender:
             pass
         for fut in waiting.values():  # the socket is gone: whoever waits re-sends
             if not fut.done():
-                fut.cancel()
+                fut.set_exception(ConnectionError("socket closed"))
 
 
 class ChatLoad:

@@ -10,12 +10,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from nats.aio.client import Client as NATS
 from prometheus_client import start_http_server
 
+from shared.bus.nats import connect
+from shared.bus.port import Bus
 from shared.config import Settings, load_settings
 from shared.logs import get_logger, setup_logging
-from shared.natsio import connect
 
 __all__ = ["Service", "run_service", "watch_parent"]
 
@@ -43,7 +43,7 @@ def watch_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def run_service(name: str, factory: Callable[[Settings, NATS], Service]) -> None:
+def run_service(name: str, factory: Callable[[Settings, Bus], Service]) -> None:
     settings = load_settings()
     setup_logging(name, settings.log_format, settings.log_level)
     watch_parent()
@@ -52,25 +52,19 @@ def run_service(name: str, factory: Callable[[Settings, NATS], Service]) -> None
     asyncio.run(_main(name, settings, factory))
 
 
-async def _main(
-    name: str, settings: Settings, factory: Callable[[Settings, NATS], Service]
-) -> None:
+async def _main(name: str, settings: Settings, factory: Callable[[Settings, Bus], Service]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    nc = await connect(settings, name)
-    service = factory(settings, nc)
+    bus = await connect(settings, name)
+    service = factory(settings, bus)
     await _guarded(service.start, name, "start")
     log.info("service started")
     await stop.wait()
     log.info("service stopping")
     await _guarded(service.stop, name, "stop")
-    try:
-        await asyncio.wait_for(nc.drain(), 5)
-    except (TimeoutError, Exception) as exc:  # stopping anyway: do not hang on NATS
-        log.warning("nats drain did not finish", extra={"error": repr(exc)})
-        await nc.close()
+    await bus.close()
     log.info("service stopped")
 
 

@@ -5,11 +5,11 @@ while a writer holds it), so everything that reads the projection while the stac
 over NATS: gateways ask for current values (``RPC_METRICS_CURRENT``), ``atomic-guide query`` sends
 read-only SQL (``RPC_ANALYTICS_QUERY``).
 
-Consumption: a durable pull consumer on the whole log, AckAll, acked only after the batch's DuckDB
-transaction (rows + checkpoint) has committed. The stored checkpoint, not the consumer, is the
-position of record: on start the consumer is recreated to deliver from checkpoint + 1, so a
-replaced or deleted DuckDB file is rebuilt rather than silently missing what the old one had,
-and a batch committed but not acked before a crash is skipped on redelivery.
+Consumption: the whole log read in order from just after the stored checkpoint (``Bus.tail``, no
+acks). The checkpoint is written in the same DuckDB transaction as the batch's rows, so it is the
+one position of record: a crash mid-batch rolls both back, a replaced or deleted DuckDB file is
+rebuilt from the start rather than silently missing what the old one had, and anything read twice
+is skipped by sequence.
 
 Threads: DuckDB calls block, so they run off the event loop. One thread owns the write connection
 (ingest and metric computation, in order); ad-hoc queries run on other threads with cursors of
@@ -20,7 +20,6 @@ stops (the supervisor restarts it) rather than skip a batch it could not store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -31,12 +30,6 @@ from functools import partial
 from typing import Any, TypeVar
 
 import msgspec
-import nats.errors
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.analytics import metrics
@@ -45,9 +38,9 @@ from services.analytics.query import jsonable, run_query
 from services.analytics.store import Store, db_path
 from services.analytics.throttle import Throttle
 from shared import subjects
+from shared.bus.port import Bus, LogTail, Message, Subscription, Unavailable
 from shared.config import Settings
 from shared.logs import get_logger
-from shared.natsio import stream_seq
 from shared.schemas.analytics import (
     CurrentReply,
     CurrentRequest,
@@ -84,13 +77,12 @@ class AnalyticsService:
     def __init__(
         self,
         settings: Settings,
-        nc: NATS,
+        bus: Bus,
         *,
         on_fatal: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.nc = nc
-        self.js = nc.jetstream()
+        self.bus = bus
         self.window_s = settings.metrics_window_s
         self.throttle = Throttle(1000)
         self.on_fatal = on_fatal or (lambda: os.kill(os.getpid(), signal.SIGTERM))
@@ -101,7 +93,7 @@ class AnalyticsService:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._subs: list[Subscription] = []
-        self._psub: Any = None
+        self._tail: LogTail | None = None
         self._inflight: asyncio.Task[bool] | None = None
         self._backlog = False  # more than a batch still waiting in the log
         self._version = 0
@@ -111,17 +103,30 @@ class AnalyticsService:
         path = db_path(self.settings.data_dir)
         self._store = await self._in_db(Store, path)
         self._projector = await self._in_db(Projector, self._store)
-        self._psub = psub = await self._bind_consumer(self._projector.last_seq)
+        last = self._projector.last_seq
+        end = await self.bus.log_end()
+        if end < last:
+            log.error(
+                "projection is ahead of the event log (was the stream reset?); "
+                "run `atomic-guide replay` to rebuild it",
+                extra={"lastSeq": last, "streamLastSeq": end},
+            )
+        # The stored checkpoint is the position of record: read the log from just after it.
+        self._tail = self.bus.tail(subjects.EVENTS_ALL, last + 1, name=DURABLE)
         self._subs = [
-            await self.nc.subscribe(subjects.RPC_METRICS_CURRENT, "analytics", cb=self._on_current),
-            await self.nc.subscribe(subjects.RPC_ANALYTICS_QUERY, "analytics", cb=self._on_query),
+            await self.bus.subscribe(
+                subjects.RPC_METRICS_CURRENT, self._on_current, queue="analytics"
+            ),
+            await self.bus.subscribe(
+                subjects.RPC_ANALYTICS_QUERY, self._on_query, queue="analytics"
+            ),
         ]
         self._tasks = [
-            asyncio.create_task(self._ingest_loop(psub), name="analytics-ingest"),
+            asyncio.create_task(self._ingest_loop(), name="analytics-ingest"),
             asyncio.create_task(self._publish_loop(), name="analytics-publish"),
             asyncio.create_task(self._tick_loop(), name="analytics-tick"),
         ]
-        log.info("analytics ready", extra={"db": str(path), "lastSeq": self._projector.last_seq})
+        log.info("analytics ready", extra={"db": str(path), "lastSeq": last})
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -129,12 +134,10 @@ class AnalyticsService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._inflight is not None:  # let a batch DuckDB already has be committed and acked
+        if self._inflight is not None:  # let a batch DuckDB already has be committed
             await asyncio.gather(self._inflight, return_exceptions=True)
-        if self._psub is not None:
-            # nats-py's fetch takes messages off the inbox without task_done(), so a drain of
-            # the connection would wait forever on this subscription; it has nothing to drain.
-            await self._psub.unsubscribe()
+        if self._tail is not None:
+            await self._tail.close()
         loop = asyncio.get_running_loop()
         # A batch already in DuckDB's hands finishes (commits or rolls back) before we close.
         await loop.run_in_executor(None, partial(self._queries.shutdown, wait=True))
@@ -145,79 +148,28 @@ class AnalyticsService:
     async def _in_db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db, partial(fn, *args))
 
-    async def _bind_consumer(self, last_seq: int) -> Any:
-        stream = subjects.EVENTS_STREAM
-        info = await self.js.stream_info(stream)
-        if info.state.last_seq < last_seq:
-            log.error(
-                "projection is ahead of the event log (was the stream reset?); "
-                "run `atomic-guide replay` to rebuild it",
-                extra={"lastSeq": last_seq, "streamLastSeq": info.state.last_seq},
-            )
-        try:
-            await self.js.delete_consumer(stream, DURABLE)
-        except NotFoundError:
-            pass
-        batch = self.settings.analytics_batch
-        await self.js.add_consumer(
-            stream,
-            ConsumerConfig(
-                name=DURABLE,
-                durable_name=DURABLE,
-                filter_subject=subjects.EVENTS_ALL,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=last_seq + 1,
-                ack_policy=AckPolicy.ALL,
-                ack_wait=60.0,
-                max_ack_pending=max(10 * batch, 10_000),
-            ),
-        )
-        return await self.js.pull_subscribe_bind(durable=DURABLE, stream=stream)
-
     # --- ingest ---------------------------------------------------------------------------
-    async def _ingest_loop(self, psub: Any) -> None:
-        """Fetch the next batch while DuckDB commits the previous one (at most one in flight)."""
+    async def _ingest_loop(self) -> None:
+        """Fetch the next batch while DuckDB commits the previous one (at most one in flight).
+
+        Exactly once: a batch's rows and its last sequence (the checkpoint) commit in one
+        transaction, the projector skips sequences at or below the checkpoint, and after a
+        restart the log is read again from the checkpoint. A crash mid-batch rolls it back.
+        """
+        assert self._tail is not None
         batch = self.settings.analytics_batch
         while True:
-            try:
-                msgs: list[Msg] = await psub.fetch(batch, timeout=5.0)
-            except (TimeoutError, nats.errors.TimeoutError):
+            entries = await self._tail.fetch(batch, timeout=5.0)
+            if not entries:
                 continue
-            except nats.errors.Error as exc:
-                log.warning("event fetch failed; re-binding", extra={"error": repr(exc)})
-                await asyncio.sleep(0.5)  # backoff while NATS reconnects, not synchronisation
-                if self._inflight is not None and not await self._inflight:
-                    return
-                psub = await self._rebind(psub)
-                continue
-            if not msgs:
-                continue
-            items = [(stream_seq(m), m.subject, m.data) for m in msgs]
+            items = [(e.seq, e.subject, e.data) for e in entries]
             if self._inflight is not None and not await self._inflight:
                 return
-            self._inflight = asyncio.create_task(self._commit(items, msgs[-1]))
+            self._inflight = asyncio.create_task(self._commit(items))
 
-    async def _rebind(self, psub: Any) -> Any:
-        """Re-create the consumer from the stored checkpoint (it was deleted, or NATS lost it).
-
-        Safe whatever happened: the checkpoint is the position of record, and nothing is in
-        flight. Until NATS answers, the old subscription is kept and the next fetch retries.
-        """
-        assert self._projector is not None
-        try:
-            fresh = await self._bind_consumer(self._projector.last_seq)
-        except Exception as exc:
-            log.warning("consumer not re-created yet", extra={"error": repr(exc)})
-            return psub
-        with contextlib.suppress(Exception):
-            await psub.unsubscribe()
-        self._psub = fresh
-        log.info("consumer re-created", extra={"lastSeq": self._projector.last_seq})
-        return fresh
-
-    async def _commit(self, items: list[tuple[int, str, bytes]], last: Msg) -> bool:
-        """Store one batch, then ack it (AckAll: every message up to ``last``)."""
-        assert self._projector is not None
+    async def _commit(self, items: list[tuple[int, str, bytes]]) -> bool:
+        """Store one batch (rows and checkpoint in one transaction)."""
+        assert self._projector is not None and self._tail is not None
         started = time.perf_counter()
         try:
             applied = await self._in_db(self._projector.apply, items)
@@ -226,11 +178,7 @@ class AnalyticsService:
             self.on_fatal()
             return False
         BATCH_SECONDS.observe(time.perf_counter() - started)
-        try:
-            await last.ack()
-        except nats.errors.Error as exc:  # redelivered later and skipped: already stored
-            log.warning("ack failed", extra={"error": repr(exc)})
-        pending = int(last.metadata.num_pending)
+        pending = await self._tail.pending()
         LAG.set(pending)
         self._record(applied, pending)
         return True
@@ -300,8 +248,8 @@ class AnalyticsService:
         frame = encode_frame("metric_update", stamp, metric_update_data(metric, value, stamp))
         headers = {subjects.HDR_METRIC: metric, subjects.HDR_VERSION: str(version)}
         try:
-            await self.nc.publish(subjects.metrics_live(ctx), frame, headers=headers)
-        except nats.errors.Error as exc:
+            await self.bus.publish(subjects.metrics_live(ctx), frame, headers)
+        except Unavailable as exc:
             log.warning("metric update not published", extra={"error": repr(exc)})
             return
         UPDATES.labels(metric).inc()
@@ -332,7 +280,7 @@ class AnalyticsService:
             await self._offer(values, version, now, timed=True)
 
     # --- RPC ------------------------------------------------------------------------------
-    async def _on_current(self, msg: Msg) -> None:
+    async def _on_current(self, msg: Message) -> None:
         try:
             req = _current_decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
@@ -354,7 +302,7 @@ class AnalyticsService:
         reply = CurrentReply(now=now, version=version, seq=self._projector.last_seq, values=by_ctx)
         await msg.respond(_encoder.encode(reply))
 
-    async def _on_query(self, msg: Msg) -> None:
+    async def _on_query(self, msg: Message) -> None:
         try:
             req = _query_decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
@@ -378,7 +326,7 @@ class AnalyticsService:
 
     def _fit(self, reply: QueryReply) -> bytes:
         """Encode within the server's max payload, dropping rows (``truncated``) if need be."""
-        limit = max(self.nc.max_payload - 4096, 1024)
+        limit = max(self.bus.max_payload - 4096, 1024)
         data = _encoder.encode(reply)
         rows = reply.rows
         while len(data) > limit and rows:

@@ -1,29 +1,26 @@
 """Session presence as the collaboration service runs it: ``Participants`` plus the event log.
 
-Besides session participants it keeps who has a collaboration socket open in each context at
-all (``online``, logged as ``collab.user_connected`` / ``collab.user_disconnected``): analytics
-counts a user online from the moment the editor page connects, before any session is joined.
-
 Every change the sans-I/O ``Participants`` reports is logged (``ParticipantJoined`` /
 ``ParticipantLeft`` on the session's presence subject, which analytics counts) and then sent to
-the session's other users on its live subject. One lock keeps the changes in order. Neither step
-failing (NATS away) stops the caller: presence is bookkept in memory whatever the log and the
-live subject did.
+the session's other users on its live subject. Besides session participants it keeps who has a
+collaboration socket open in each context at all (``online``, logged as
+``collab.user_connected`` / ``collab.user_disconnected``): analytics counts a user online from
+the moment the editor page connects, before any session is joined.
+
+Both run in one ``PresenceBook`` (one lock, changes announced in order, the shared tick). Neither
+the log nor the live subject failing (NATS away) stops the caller: presence is bookkept in memory
+whatever they did.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 import msgspec
-import nats.errors
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.js.errors import APIError
 
 from shared import subjects
+from shared.bus.port import Bus, Message, Unavailable
 from shared.logs import get_logger
 from shared.presence import ConnectionChange, ConnectionPresence
+from shared.presence_book import PresenceBook
 from shared.schemas.commands import CollabHeartbeat, Connection, SessionMember
 from shared.schemas.events import (
     CollabUserConnected,
@@ -44,25 +41,24 @@ _heartbeat_decoder = msgspec.json.Decoder(CollabHeartbeat)
 
 
 class PresenceKeeper:
-    def __init__(self, nc: NATS, store: DocStore, heartbeat_s: float) -> None:
-        self.nc = nc
+    def __init__(self, bus: Bus, store: DocStore, heartbeat_s: float) -> None:
+        self.bus = bus
         self.store = store
-        self.beat = heartbeat_s
         self.participants = Participants()
-        # Users with a collaboration socket open in a context, in a session or not yet
-        # (analytics counts them online); logged, never broadcast.
         self.online = ConnectionPresence()
-        self._lock = asyncio.Lock()
-        self._settled = False
+        self.book = PresenceBook(
+            heartbeat_s,
+            [(self.participants, self._announce), (self.online, self._announce_online)],
+        )
 
     def members(self, context_id: str, session_id: str) -> list[dict[str, str]]:
         return self.participants.members(context_id, session_id)
 
     async def rebuild(self) -> None:
         """Who the log says is present; confirmed or left once the gateways have reported."""
-        count = 0
+        events = await self.store.presence_events()
         p = self.participants
-        async for ev in self.store.presence_events():
+        for ev in events:
             match ev:
                 case ParticipantJoined():
                     p.assume(ev.contextId, ev.sessionId, ev.userId, ev.userName, ev.role, True)
@@ -71,69 +67,58 @@ class PresenceKeeper:
                 case CollabUserConnected() | CollabUserDisconnected():
                     on = isinstance(ev, CollabUserConnected)
                     self.online.assume(ev.contextId, ev.userId, ev.userName, on)
-            count += 1
-        log.info("collaboration presence rebuilt", extra={"events": count})
+        log.info("collaboration presence rebuilt", extra={"events": len(events)})
 
     async def join(self, gateway: str, member: SessionMember, now: float, seq: int) -> None:
-        async with self._lock:
-            change = self.participants.open(gateway, member, now, seq)
-            if change is not None:
-                await self._announce(change)
+        await self.book.change(
+            lambda: self.participants.open(gateway, member, now, seq), self._announce
+        )
 
     async def leave(self, gateway: str, member: SessionMember) -> None:
-        async with self._lock:
-            change = self.participants.close(gateway, member.connectionId, member.sessionId)
-            if change is not None:
-                await self._announce(change)
+        await self.book.change(
+            lambda: self.participants.close(gateway, member.connectionId, member.sessionId),
+            self._announce,
+        )
 
     async def connect(self, gateway: str, conn: Connection, now: float, seq: int) -> None:
-        async with self._lock:
-            change = self.online.open(gateway, conn, now, seq)
-            if change is not None:
-                await self._announce_online(change)
+        await self.book.change(
+            lambda: self.online.open(gateway, conn, now, seq), self._announce_online
+        )
 
     async def disconnect(self, gateway: str, conn: Connection) -> None:
-        async with self._lock:
-            change = self.online.close(gateway, conn.connectionId)
-            if change is not None:
-                await self._announce_online(change)
+        await self.book.change(
+            lambda: self.online.close(gateway, conn.connectionId), self._announce_online
+        )
 
-    async def on_heartbeat(self, msg: Msg, now: float) -> None:
+    async def on_heartbeat(self, msg: Message, now: float) -> None:
         try:
             hb = _heartbeat_decoder.decode(msg.data)
         except msgspec.DecodeError:
             return
-        async with self._lock:
-            for ch in self.participants.heartbeat(
+        await self.book.change(
+            lambda: self.participants.heartbeat(
                 hb.gatewayId, hb.members, now, final=hb.final, seq=hb.seq
-            ):
-                await self._announce(ch)
-            for och in self.online.heartbeat(
+            ),
+            self._announce,
+        )
+        await self.book.change(
+            lambda: self.online.heartbeat(
                 hb.gatewayId, hb.connections, now, final=hb.final, seq=hb.seq
-            ):
-                await self._announce_online(och)
+            ),
+            self._announce_online,
+        )
 
     async def tick(self, now: float, uptime: float) -> None:
         """Expire silent gateways; after the start-up grace, leave users no gateway confirmed."""
-        async with self._lock:
-            changes = self.participants.expire(now, 3 * self.beat)
-            online = self.online.expire(now, 3 * self.beat)
-            if not self._settled and uptime > 2.5 * self.beat:
-                changes += self.participants.settle()
-                online += self.online.settle()
-                self._settled = True
-            for ch in changes:
-                await self._announce(ch)
-            for och in online:
-                await self._announce_online(och)
+        await self.book.tick(now, uptime)
 
     async def _announce_online(self, ch: ConnectionChange) -> None:
         cls = CollabUserConnected if ch.kind == "joined" else CollabUserDisconnected
         ev = cls(contextId=ch.context_id, ts=now_ms(), userId=ch.user_id, userName=ch.user_name)
         try:
             await self.store.append_online(ev)
-        except (TimeoutError, nats.errors.Error, APIError) as exc:
-            log.warning("online change not logged", extra={"error": repr(exc)})
+        except Unavailable as exc:
+            log.warning("online change not logged", extra={"error": str(exc)})
 
     async def _announce(self, ch: Change) -> None:
         """Log a join/leave, then tell the session's other users."""
@@ -160,15 +145,15 @@ class PresenceKeeper:
             )
         try:
             await self.store.append_presence(ev)
-        except (TimeoutError, nats.errors.Error, APIError) as exc:
-            log.warning("presence event not logged", extra={"error": repr(exc)})
+        except Unavailable as exc:
+            log.warning("presence event not logged", extra={"error": str(exc)})
         frame = encode_frame("participant_" + ch.kind, ms_to_ts(ts), data)
         try:
-            await self.nc.publish(
+            await self.bus.publish(
                 subjects.collab_live(ch.context_id, ch.session_id),
                 frame,
-                headers={subjects.HDR_EXCEPT_USER: ch.user_id},
+                {subjects.HDR_EXCEPT_USER: ch.user_id},
             )
-        except Exception as exc:  # e.g. the outbound buffer is full while NATS is away
+        except Unavailable as exc:
             # Live only: the others see the change in the participants of their next join.
-            log.warning("presence change not broadcast", extra={"error": repr(exc)})
+            log.warning("presence change not broadcast", extra={"error": str(exc)})

@@ -8,41 +8,22 @@ on their version after a restart. A rebuild therefore reads fewer than ``2 * AG_
 edits, plus those of the last ``AG_DEDUP_WINDOW_S`` (``dedupFrom``) to re-learn recent client
 ids, never the document's whole history.
 
-The events of one edit (two for a delete a concurrent insert split) are appended as one atomic
-batch (``append_atomic``): all of them are stored or none, so a half-applied edit never reaches
-the log. A one-part edit, nearly all of them, is a single message and so atomic anyway: it is a
-plain publish, which costs a sixth of a batch commit (about 0.5 ms against 3 ms on nats-server
-2.12), and a document's edits are appended one after the other.
-
-Either carries ``Nats-Expected-Last-Subject-Sequence`` (the document's last edit event), so two
-writers can never log two operations with one version. ``Nats-Msg-Id`` is derived from (context,
-session, user, client id, part), so a command redelivered after a crash is stored once. A
-mismatch, or an edit found already stored, raises ``Conflict``: the caller reloads the document
-and answers a stored edit from its dedup index.
+Edits are appended by the command worker (``shared/worker.py``): the events of a batch of edits
+(a split delete is two) go to the log as one atomic batch with the document's last edit event
+expected, so two writers can never log two operations with one version. ``edit_msg_id`` is
+derived from (context, session, user, client id or request id, part), so a command redelivered
+after a crash is stored once.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
-from nats.aio.client import Client as NATS
-from nats.js.api import PubAck
-from nats.js.errors import NotFoundError
-
-from shared import natsio, subjects
+from shared import subjects
+from shared.bus.port import Appended, Bus
 from shared.config import Settings
 from shared.eventlog import decode_logged
 from shared.logs import get_logger
-from shared.natsio import (
-    BATCH_DUPLICATE_ID,
-    WRONG_LAST_SEQUENCE,
-    BatchRefused,
-    append_atomic,
-    append_one,
-    replay,
-    stream_seq,
-)
 from shared.schemas.events import (
     CollabUserConnected,
     CollabUserDisconnected,
@@ -59,16 +40,11 @@ from shared.timefmt import now_ms
 from .ot_errors import VersionMismatch
 from .state import DocState, snapshot_payload
 
-__all__ = ["Conflict", "DocStore", "edit_msg_id"]
+__all__ = ["DocStore", "edit_msg_id"]
 
 log = get_logger(__name__)
 
 _PAYLOAD_MARGIN = 4096  # headers and subject share the message with the payload
-
-
-class Conflict(Exception):
-    """The log is not what this view of the document expects: another writer appended to it
-    since we read it, or the edit is already stored. Reload and look again."""
 
 
 def edit_msg_id(ev: EditApplied) -> str:
@@ -83,11 +59,10 @@ def edit_msg_id(ev: EditApplied) -> str:
 
 
 class DocStore:
-    def __init__(self, settings: Settings, nc: NATS) -> None:
+    def __init__(self, settings: Settings, bus: Bus) -> None:
         self.settings = settings
-        self.nc = nc
-        self.js = nc.jetstream()
-        self.snapshot_limit = max(nc.max_payload - _PAYLOAD_MARGIN, 1024)
+        self.bus = bus
+        self.snapshot_limit = max(bus.max_payload - _PAYLOAD_MARGIN, 1024)
 
     def _new(self, context_id: str, session_id: str) -> DocState:
         return DocState(
@@ -98,12 +73,11 @@ class DocStore:
         )
 
     async def load(self, context_id: str, session_id: str) -> DocState:
-        newest = await self._snapshot(subjects.collab_snapshots(context_id, session_id))
+        snapshots = subjects.collab_snapshots(context_id, session_id)
+        newest = await self._snapshot(snapshots)
         base = None
         if newest is not None and newest[0].previousSeq:
-            found = await self._snapshot(
-                subjects.collab_snapshots(context_id, session_id), newest[0].previousSeq
-            )
+            found = await self._snapshot(snapshots, newest[0].previousSeq)
             base = found[0] if found else None
         try:
             return await self._rebuild(context_id, session_id, newest, base)
@@ -129,18 +103,14 @@ class DocStore:
             state.restore(snaps[0], *newest)
         horizon = now_ms() - int(self.settings.dedup_window_s * 1000)
         count = 0
-        async for msg in replay(
-            self.js,
-            subjects.EVENTS_STREAM,
-            subjects.collab_edits(context_id, session_id),
-            start_seq=DocState.replay_from(*snaps),
-        ):
-            ev = decode_logged(msg.data, stream_seq(msg), msg.subject, "collaboration")
+        subject = subjects.collab_edits(context_id, session_id)
+        for entry in await self.bus.read(subject, DocState.replay_from(*snaps)):
+            ev = decode_logged(entry.data, entry.seq, entry.subject, "collaboration")
             if isinstance(ev, EditApplied):
-                state.replay(ev, stream_seq(msg), horizon)
+                state.replay(ev, entry.seq, horizon)
                 count += 1
             else:  # skipped, but still the subject's last entry for the next append
-                state.last_seq = max(state.last_seq, stream_seq(msg))
+                state.last_seq = max(state.last_seq, entry.seq)
         log.info(
             "document loaded",
             extra={
@@ -157,86 +127,42 @@ class DocStore:
         self, subject: str, seq: int | None = None
     ) -> tuple[DocumentSnapshot, int] | None:
         """The newest snapshot on ``subject`` (or the one at ``seq``), with its stream sequence."""
-        try:
-            if seq is None:
-                raw = await self.js.get_last_msg(subjects.EVENTS_STREAM, subject, direct=True)
-            else:
-                raw = await self.js.get_msg(subjects.EVENTS_STREAM, seq, direct=True)
-        except NotFoundError:
+        if seq is None:
+            entry = (await self.bus.last([subject])).get(subject)
+        else:
+            found = await self.bus.read(subject, seq, limit=1)
+            entry = found[0] if found and found[0].seq == seq else None
+        if entry is None:
             return None
-        ev = decode_logged(raw.data or b"", raw.seq or 0, subject, "collaboration")
-        if raw.subject != subject or not isinstance(ev, DocumentSnapshot) or raw.seq is None:
+        ev = decode_logged(entry.data, entry.seq, subject, "collaboration")
+        if not isinstance(ev, DocumentSnapshot):
             return None
-        return ev, raw.seq
+        return ev, entry.seq
 
-    async def append_edit(self, events: list[EditApplied], expected: int, timeout: float) -> int:
-        """Append the parts of one edit atomically; the stream sequence of the first.
-
-        Raises ``Conflict`` when the document's last edit is not ``expected`` or a part is
-        already stored (the batch then stored nothing).
-        """
-        first = events[0]
-        subject = subjects.collab_edits(first.contextId, first.sessionId)
-        if len(events) == 1:
-            ack = await self._append(
-                subject, encode_event(first), edit_msg_id(first), expected, timeout
-            )
-            if ack.duplicate:  # stored before (a crash): this view of the log is behind
-                raise Conflict("already stored")
-            return int(ack.seq)
-        try:
-            return await append_atomic(
-                self.nc,
-                subject,
-                [(edit_msg_id(ev), encode_event(ev)) for ev in events],
-                expected,
-                timeout=timeout,
-            )
-        except BatchRefused as exc:
-            if exc.err_code in (WRONG_LAST_SEQUENCE, BATCH_DUPLICATE_ID):
-                raise Conflict(str(exc)) from None
-            raise
-
-    async def append_snapshot(self, snap: DocumentSnapshot) -> PubAck:
+    async def append_snapshot(self, snap: DocumentSnapshot) -> Appended:
         t = subjects.token
         msg_id = f"collab-snap:{t(snap.contextId)}:{t(snap.sessionId)}:{snap.version}"
-        return await self._append(
+        return await self.bus.append(
             subjects.collab_snapshots(snap.contextId, snap.sessionId),
             snapshot_payload(snap, self.snapshot_limit),
-            msg_id,
+            msg_id=msg_id,
         )
 
     async def append_presence(self, ev: ParticipantJoined | ParticipantLeft) -> None:
         subject = subjects.collab_presence(ev.contextId, ev.sessionId)
-        await self._append(subject, encode_event(ev), _new_id())
+        await self.bus.append(subject, encode_event(ev), msg_id=uuid.uuid4().hex)
 
     async def append_online(self, ev: CollabUserConnected | CollabUserDisconnected) -> None:
-        await self._append(subjects.collab_connections(ev.contextId), encode_event(ev), _new_id())
+        subject = subjects.collab_connections(ev.contextId)
+        await self.bus.append(subject, encode_event(ev), msg_id=uuid.uuid4().hex)
 
-    async def presence_events(self) -> AsyncIterator[Event]:
-        """Every logged join/leave and connect/disconnect, oldest first (presence is rebuilt
-        from them at start)."""
-        # Two independent sets (participants per session, sockets per context): the order
-        # between them does not matter, only within each.
+    async def presence_events(self) -> list[Event]:
+        """Every logged join/leave and connect/disconnect (presence is rebuilt from them at
+        start). Two independent sets: the order between them does not matter, only within."""
+        out: list[Event] = []
         for wanted in (subjects.COLLAB_PRESENCE_ALL, subjects.COLLAB_CONNECTIONS_ALL):
-            async for msg in replay(self.js, subjects.EVENTS_STREAM, wanted):
-                ev = decode_logged(msg.data, stream_seq(msg), msg.subject, "collaboration")
+            for entry in await self.bus.read(wanted):
+                ev = decode_logged(entry.data, entry.seq, entry.subject, "collaboration")
                 if ev is not None:
-                    yield ev
-
-    async def _append(
-        self,
-        subject: str,
-        payload: bytes,
-        msg_id: str,
-        expected: int | None = None,
-        timeout: float = 5.0,
-    ) -> PubAck:
-        try:
-            return await append_one(self.js, subject, payload, msg_id, expected, timeout)
-        except natsio.Conflict:
-            raise Conflict from None
-
-
-def _new_id() -> str:
-    return uuid.uuid4().hex
+                    out.append(ev)
+        return out

@@ -1,27 +1,28 @@
-"""The collaboration service's presence keeper with NATS failing under it."""
+"""The collaboration service's presence keeper with the broker failing under it."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import nats.errors
-
 from services.collaboration.presence import PresenceKeeper
+from shared.bus.memory import MemoryBus
+from shared.bus.port import Unavailable
 from shared.schemas.commands import SessionMember
 
 
-class FailingNats:
+class FailingNats(MemoryBus):
     def __init__(self) -> None:
+        super().__init__()
         self.tries = 0
 
-    async def publish(self, subject: str, payload: bytes = b"", **kw: Any) -> None:
+    async def publish(self, subject: str, data: bytes, headers: Any = None) -> None:
         self.tries += 1
-        raise nats.errors.OutboundBufferLimitError
+        raise Unavailable("outbound buffer full")
 
 
 class FailingStore:
     async def append_presence(self, ev: Any) -> None:
-        raise nats.errors.TimeoutError
+        raise Unavailable("timeout")
 
 
 async def test_presence_changes_are_kept_when_neither_log_nor_broadcast_works() -> None:

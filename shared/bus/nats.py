@@ -1,0 +1,636 @@
+"""The bus over NATS JetStream: the only module that imports ``nats``.
+
+- The event log is the stream ``AG_EVENTS``; an append carries ``Nats-Msg-Id`` (stored once in
+  the stream's duplicate window) and, when asked, ``Nats-Expected-Last-Subject-Sequence``.
+  Batches use JetStream's atomic batch publish (nats-server 2.12+, ``allow_atomic``).
+- Reads are batched direct gets (nats-server 2.11+): a round trip per 256 entries, no consumer
+  to create or clean up; the last entry of many subjects is one ``multi_last`` request.
+- Commands wait in the work-queue stream ``AG_CMDS`` for a durable pull consumer with explicit
+  acks; a consumer (or the in-memory stream) lost to a NATS restart is re-created on the next
+  fetch.
+- A log tail is an ephemeral pull consumer without acks, re-created from the next sequence when
+  the connection was lost.
+- Connections reconnect forever (a NATS restart must not end a service); ``connect_once`` is one
+  bounded attempt for command-line tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from shared import subjects
+from shared.bus.port import Appended, Bus, Command, Conflict, Entry, Handler, Unavailable
+from shared.config import Settings
+from shared.logs import get_logger
+
+__all__ = [
+    "NatsBus",
+    "NatsUnreachable",
+    "connect",
+    "connect_once",
+    "describe_streams",
+    "ensure_streams",
+    "stream_configs",
+]
+
+log = get_logger(__name__)
+
+WRONG_LAST_SEQUENCE = 10071  # Nats-Expected-Last-Subject-Sequence did not hold
+BATCH_DUPLICATE_ID = 10201  # a Nats-Msg-Id in the batch was already stored
+_DIRECT_GET = "$JS.API.DIRECT.GET.{stream}"
+_GET_BATCH = 256  # entries per batched direct get
+_BROKEN = (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError)
+
+
+# --- connections -----------------------------------------------------------------------------
+async def connect(settings: Settings, name: str, **kwargs: Any) -> NatsBus:
+    """A bus on a connection that reconnects forever: a NATS restart must not end a service."""
+    bus = NatsBus(settings)
+
+    async def _disconnected() -> None:
+        log.warning("nats disconnected")
+
+    async def _error(exc: Exception) -> None:
+        log.warning("nats error", extra={"error": repr(exc)})
+
+    options: dict[str, Any] = {
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "disconnected_cb": _disconnected,
+        "reconnected_cb": bus._reconnected,
+        "error_cb": _error,
+    }
+    options.update(kwargs)
+    bus.nc = await nats.connect(servers=settings.nats_servers, name=name, **options)
+    return bus
+
+
+class NatsUnreachable(ConnectionError):
+    """No NATS server answered at ``url`` (a tool that needs it says so and stops)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach NATS at {url}: {reason}")
+        self.url = url
+
+
+async def connect_once(url: str, name: str, timeout: float = 3.0) -> NATS:
+    """One connection attempt per server, no reconnects, the whole attempt bounded by
+    ``timeout``: what a command-line tool wants (a stale URL fails in seconds, not never).
+
+    nats-py's own "no reconnect" options still retry the initial connect forever, so the bound
+    is ours.
+    """
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+
+    async def _quiet(*_: Any) -> None:
+        return None
+
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
+                servers=servers,
+                name=name,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,
+                connect_timeout=min(timeout, 2.0),
+                error_cb=_quiet,
+                disconnected_cb=_quiet,
+                closed_cb=_quiet,
+            ),
+            timeout,
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        if isinstance(exc, TimeoutError):
+            reason = "no answer"
+        elif isinstance(exc, nats.errors.NoServersError):
+            reason = "nothing answers there"
+        else:
+            reason = str(exc) or type(exc).__name__
+        raise NatsUnreachable(url, reason) from None
+
+
+# --- streams ---------------------------------------------------------------------------------
+def stream_configs(replicas: int = 1, dedup_window_s: float = 120.0) -> list[StreamConfig]:
+    return [
+        # The source of truth: kept forever, every projection rebuilds from it.
+        StreamConfig(
+            name=subjects.EVENTS_STREAM,
+            subjects=[subjects.EVENTS_ALL],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            num_replicas=replicas,
+            duplicate_window=dedup_window_s,
+            allow_direct=True,
+            allow_atomic=True,  # services append a batch of one aggregate's events at once
+        ),
+        # Commands wait here for their service; handled ones are removed (work queue). A command
+        # lives only until its deadline (AG_COMMAND_TIMEOUT_S): past it the gateway has answered
+        # `unavailable` and the service drops it. So memory storage loses nothing a client was
+        # promised, and spares a second fsync per message; the event log is what is durable.
+        StreamConfig(
+            name=subjects.COMMANDS_STREAM,
+            subjects=[subjects.COMMANDS_ALL],
+            storage=StorageType.MEMORY,
+            retention=RetentionPolicy.WORK_QUEUE,
+            discard=DiscardPolicy.OLD,
+            max_age=3600.0,
+            num_replicas=replicas,
+            duplicate_window=dedup_window_s,
+        ),
+    ]
+
+
+async def ensure_streams(
+    js: JetStreamContext, replicas: int = 1, dedup_window_s: float = 120.0
+) -> None:
+    """Create or update the streams (idempotent; services also call it to heal)."""
+    for cfg in stream_configs(replicas, dedup_window_s):
+        assert cfg.name is not None
+        try:
+            await js.stream_info(cfg.name)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(cfg)
+        else:
+            await js.update_stream(cfg)
+
+
+async def describe_streams(js: JetStreamContext) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for name in (subjects.EVENTS_STREAM, subjects.COMMANDS_STREAM):
+        try:
+            info = await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            rows.append({"stream": name, "missing": True})
+            continue
+        consumers: list[dict[str, Any]] = []
+        for c in await js.consumers_info(name):
+            consumers.append(
+                {
+                    "name": c.name,
+                    "pending": c.num_pending,
+                    "ack_pending": c.num_ack_pending,
+                    "delivered": c.delivered.stream_seq if c.delivered else 0,
+                }
+            )
+        rows.append(
+            {
+                "stream": name,
+                "messages": info.state.messages,
+                "bytes": info.state.bytes,
+                "first_seq": info.state.first_seq,
+                "last_seq": info.state.last_seq,
+                "replicas": info.config.num_replicas,
+                "consumers": consumers,
+            }
+        )
+    return rows
+
+
+# --- the bus ---------------------------------------------------------------------------------
+class _Message:
+    __slots__ = ("_msg",)
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+
+    @property
+    def subject(self) -> str:
+        return self._msg.subject
+
+    @property
+    def data(self) -> bytes:
+        return self._msg.data
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._msg.headers or {}
+
+    @property
+    def reply(self) -> str | None:
+        return self._msg.reply or None
+
+    async def respond(self, data: bytes) -> None:
+        if self._msg.reply:
+            await self._msg.respond(data)
+
+
+class _Command:
+    __slots__ = ("_msg",)
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+
+    @property
+    def data(self) -> bytes:
+        return self._msg.data
+
+    async def ack(self) -> None:
+        await self._msg.ack()
+
+    async def nak(self, delay: float = 0.0) -> None:
+        await self._msg.nak(delay=delay or None)
+
+    async def term(self) -> None:
+        await self._msg.term()
+
+
+class _Subscription:
+    __slots__ = ("_sub",)
+
+    def __init__(self, sub: NatsSubscription) -> None:
+        self._sub = sub
+
+    async def unsubscribe(self) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self._sub.unsubscribe()
+
+
+class _CommandQueue:
+    """A durable pull consumer that heals itself: if the consumer or its stream disappears (a
+    memory stream after a NATS restart), fetching re-creates them with the same configuration."""
+
+    def __init__(self, bus: NatsBus, subjects_: str, durable: str) -> None:
+        self.bus = bus
+        self.subjects = subjects_
+        self.durable = durable
+        self.config = ConsumerConfig(
+            ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_ack_pending=4096
+        )
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def _open(self) -> JetStreamContext.PullSubscription:
+        if self._sub is None:
+            self._sub = await self.bus.js.pull_subscribe(
+                self.subjects,
+                durable=self.durable,
+                stream=subjects.COMMANDS_STREAM,
+                config=self.config,
+            )
+        return self._sub
+
+    async def fetch(self, batch: int, timeout: float) -> list[Command]:
+        try:
+            sub = await self._open()
+            return [_Command(m) for m in await sub.fetch(batch, timeout=timeout)]
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning("consumer fetch failed; re-creating", extra={"error": repr(exc)})
+            await asyncio.sleep(0.5)  # back off while NATS settles
+            await self._heal()
+            return []
+
+    async def _heal(self) -> None:
+        try:
+            await self.bus.ensure_streams()
+            await self.close()
+            await self._open()
+        except Exception as exc:  # NATS still away: the next fetch tries again
+            log.warning("consumer not re-created yet", extra={"error": repr(exc)})
+
+    async def pending(self) -> int:
+        if self._sub is None:
+            return 0
+        info = await self._sub.consumer_info()
+        return int(info.num_pending or 0)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+
+class _Tail:
+    """An ephemeral pull consumer without acks from ``next``; re-created after a failure.
+    ``name`` makes it visible to operators (``atomic-guide streams``); one of that name left
+    over from an earlier process is replaced."""
+
+    def __init__(self, bus: NatsBus, subjects_: str, start: int, name: str | None) -> None:
+        self.bus = bus
+        self.subjects = subjects_
+        self.next = max(start, 1)
+        self.name = name
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._pending: int | None = None
+
+    async def _open(self) -> JetStreamContext.PullSubscription:
+        if self._sub is None:
+            config = ConsumerConfig(
+                name=self.name,
+                filter_subject=self.subjects,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=self.next,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=60.0,
+                mem_storage=True,
+                max_ack_pending=-1,
+            )
+            js, stream = self.bus.js, subjects.EVENTS_STREAM
+            if self.name is None:
+                self._sub = await js.pull_subscribe(self.subjects, stream=stream, config=config)
+            else:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await js.delete_consumer(stream, self.name)
+                await js.add_consumer(stream, config)
+                self._sub = await js.pull_subscribe_bind(consumer=self.name, stream=stream)
+        return self._sub
+
+    async def fetch(self, batch: int, timeout: float) -> list[Entry]:
+        try:
+            sub = await self._open()
+            msgs = await sub.fetch(batch, timeout=timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning("log tail failed; re-opening", extra={"error": repr(exc)})
+            await self.close()
+            await asyncio.sleep(0.5)  # back off while NATS reconnects
+            return []
+        out = [Entry(int(m.metadata.sequence.stream), m.subject, m.data) for m in msgs]
+        if out:
+            self.next = out[-1].seq + 1
+            self._pending = int(msgs[-1].metadata.num_pending)
+        return out
+
+    async def pending(self) -> int:
+        """What the last fetch left behind (free: it comes with every message)."""
+        if self._pending is not None:
+            return self._pending
+        if self._sub is None:
+            return 0
+        try:
+            info = await self._sub.consumer_info()
+        except _BROKEN:
+            return 0
+        return int(info.num_pending or 0)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+
+class NatsBus(Bus):
+    def __init__(self, settings: Settings, nc: NATS | None = None) -> None:
+        self.settings = settings
+        self._nc = nc
+        self._js: JetStreamContext | None = None
+        self._reconnect: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def nc(self) -> NATS:
+        assert self._nc is not None, "not connected"
+        return self._nc
+
+    @nc.setter
+    def nc(self, value: NATS) -> None:
+        self._nc = value
+        self._js = None
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            self._js = self.nc.jetstream()
+        return self._js
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    @property
+    def max_payload(self) -> int:
+        return int(self.nc.max_payload)
+
+    def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self._reconnect.append(callback)
+
+    async def _reconnected(self) -> None:
+        log.info("nats reconnected")
+        for cb in self._reconnect:
+            try:
+                await cb()
+            except Exception:
+                log.exception("reconnect callback failed")
+
+    async def ensure_streams(self) -> None:
+        await ensure_streams(self.js, self.settings.stream_replicas, self.settings.dedup_window_s)
+
+    async def streams_exist(self) -> bool:
+        try:
+            for name in (subjects.EVENTS_STREAM, subjects.COMMANDS_STREAM):
+                await self.js.stream_info(name)
+        except Exception:
+            return False
+        return True
+
+    # --- the event log ----------------------------------------------------------------------
+    async def append(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        msg_id: str,
+        expect_last: int | None = None,
+        timeout: float = 5.0,
+    ) -> Appended:
+        headers = {"Nats-Msg-Id": msg_id}
+        if expect_last is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expect_last)
+        try:
+            ack = await self.js.publish(subject, data, headers=headers, timeout=timeout)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise Conflict(exc.description or "wrong last sequence") from None
+            raise Unavailable(repr(exc)) from None
+        except _BROKEN as exc:
+            raise Unavailable(repr(exc)) from None
+        return Appended(int(ack.seq), bool(ack.duplicate))
+
+    async def append_batch(
+        self,
+        subject: str,
+        items: Sequence[tuple[str, bytes]],
+        *,
+        expect_last: int | None = None,
+        timeout: float = 5.0,
+    ) -> int:
+        if not items:
+            raise ValueError("empty batch")
+        if len(items) == 1:  # one message is atomic anyway, and a plain publish costs less
+            msg_id, data = items[0]
+            done = await self.append(
+                subject, data, msg_id=msg_id, expect_last=expect_last, timeout=timeout
+            )
+            if done.duplicate:
+                raise Conflict("the message id is already stored")
+            return done.seq
+        batch_id = uuid.uuid4().hex
+        last = len(items)
+        try:
+            for i, (msg_id, data) in enumerate(items, start=1):
+                headers = {
+                    "Nats-Batch-Id": batch_id,
+                    "Nats-Batch-Sequence": str(i),
+                    "Nats-Msg-Id": msg_id,
+                }
+                if i == 1 and expect_last is not None:
+                    headers["Nats-Expected-Last-Subject-Sequence"] = str(expect_last)
+                if i < last:
+                    await self.nc.publish(subject, data, headers=headers)
+                    continue
+                headers["Nats-Batch-Commit"] = "1"
+                reply = await self.nc.request(subject, data, headers=headers, timeout=timeout)
+        except _BROKEN as exc:
+            raise Unavailable(repr(exc)) from None
+        ack = json.loads(reply.data)
+        if "error" in ack:
+            err = ack["error"]
+            if int(err.get("err_code", 0)) in (WRONG_LAST_SEQUENCE, BATCH_DUPLICATE_ID):
+                raise Conflict(str(err.get("description", "")))
+            raise Unavailable(f"batch refused: {err}")
+        return int(ack["seq"]) - int(ack.get("count", last)) + 1
+
+    async def read(
+        self, subject: str, start: int = 1, limit: int = 1_000_000, *, timeout: float = 5.0
+    ) -> list[Entry]:
+        out: list[Entry] = []
+        seq = max(start, 1)
+        while len(out) < limit:
+            want = min(_GET_BATCH, limit - len(out))
+            req = {"seq": seq, "next_by_subj": subject, "batch": want}
+            got, pending = await self._direct_batch(req, timeout)
+            out.extend(got)
+            if not got or not pending:
+                break
+            seq = got[-1].seq + 1
+        return out
+
+    async def last(self, subjects_: Sequence[str], *, timeout: float = 5.0) -> dict[str, Entry]:
+        found: dict[str, Entry] = {}
+        wanted = list(subjects_)
+        for i in range(0, len(wanted), _GET_BATCH):
+            chunk = wanted[i : i + _GET_BATCH]
+            req = {"multi_last": chunk, "batch": len(chunk)}
+            got, _ = await self._direct_batch(req, timeout)
+            for entry in got:
+                found[entry.subject] = entry
+        return found
+
+    async def _direct_batch(self, req: dict[str, Any], timeout: float) -> tuple[list[Entry], int]:
+        """One batched direct get: the entries, and how many more match after them."""
+        nc = self.nc
+        inbox = nc.new_inbox()
+        out: list[Entry] = []
+        try:
+            sub = await nc.subscribe(inbox, max_msgs=0)
+        except _BROKEN as exc:
+            raise Unavailable(repr(exc)) from None
+        try:
+            await nc.publish(
+                _DIRECT_GET.format(stream=subjects.EVENTS_STREAM),
+                json.dumps(req).encode(),
+                reply=inbox,
+            )
+            async with asyncio.timeout(timeout):
+                while True:
+                    msg = await sub.next_msg(timeout=timeout)
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status == "404":
+                        return out, 0
+                    if status is not None:  # 204 EOB ends the batch; anything else is an error
+                        if status != "204":
+                            raise Unavailable(f"direct get: {status} {headers}")
+                        return out, int(headers.get("Nats-Num-Pending", "0") or 0)
+                    seq = int(headers["Nats-Sequence"])
+                    out.append(Entry(seq, headers["Nats-Subject"], msg.data))
+        except _BROKEN as exc:
+            raise Unavailable(repr(exc)) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def log_end(self) -> int:
+        try:
+            info = await self.js.stream_info(subjects.EVENTS_STREAM)
+        except _BROKEN as exc:
+            raise Unavailable(repr(exc)) from None
+        return int(info.state.last_seq)
+
+    def tail(self, subjects_: str, start: int, name: str | None = None) -> _Tail:
+        return _Tail(self, subjects_, start, name)
+
+    # --- commands ---------------------------------------------------------------------------
+    async def submit(self, subject: str, data: bytes, *, timeout: float = 5.0) -> None:
+        try:
+            await self.js.publish(subject, data, timeout=timeout)
+        except _BROKEN as exc:
+            raise Unavailable(repr(exc)) from None
+
+    def commands(self, subjects_: str, durable: str) -> _CommandQueue:
+        return _CommandQueue(self, subjects_, durable)
+
+    # --- live messages ----------------------------------------------------------------------
+    async def publish(
+        self, subject: str, data: bytes, headers: Mapping[str, str] | None = None
+    ) -> None:
+        try:
+            await self.nc.publish(subject, data, headers=dict(headers) if headers else None)
+        except _BROKEN as exc:
+            raise Unavailable(repr(exc)) from None
+
+    async def subscribe(
+        self, subject: str, handler: Handler, *, queue: str | None = None
+    ) -> _Subscription:
+        async def deliver(msg: Msg) -> None:
+            await handler(_Message(msg))
+
+        sub = await self.nc.subscribe(subject, queue or "", cb=deliver)
+        return _Subscription(sub)
+
+    async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:
+        try:
+            msg = await self.nc.request(subject, data, timeout=timeout)
+        except _BROKEN as exc:
+            raise Unavailable(repr(exc)) from None
+        return bytes(msg.data)
+
+    async def flush(self) -> None:
+        try:
+            await self.nc.flush()
+        except _BROKEN as exc:
+            raise Unavailable(repr(exc)) from None
+
+    async def close(self) -> None:
+        if self._nc is None:
+            return
+        try:
+            await asyncio.wait_for(self._nc.drain(), 5)
+        except Exception as exc:  # stopping anyway: do not hang on NATS
+            log.warning("nats drain did not finish", extra={"error": repr(exc)})
+            await self._nc.close()

@@ -1,0 +1,296 @@
+"""One command worker for every service that owns aggregates (chat rooms, documents).
+
+The worker moves bytes between the bus and a service's sans-I/O domain (an ``Aggregate``):
+
+1. fetch commands from the service's durable work-queue consumer (it heals itself after a NATS
+   restart), decode them (an undecodable one is dropped: ``term``);
+2. queue each on its aggregate; one task per busy aggregate drains that queue, so commands of
+   one aggregate run one batch at a time, in order, and aggregates run in parallel; whatever
+   queued up while a batch was being appended is the next batch (group commit);
+3. ask the aggregate to ``decide`` the batch against its state, once the aggregate is free and
+   loaded: events to append and each command's result. A command past its deadline gets no
+   result (None) and changes nothing unless it was applied before: the gateway has answered
+   ``unavailable`` already, and applying it now would make that a lie;
+4. append the events as one atomic batch with the aggregate's expected last sequence, so a
+   second writer or a stale state can never slip in (a ``Conflict`` reloads the state from the
+   log and decides again, once; then the commands are redelivered later). The append gives up
+   before the earliest deadline of the commands it answers, so ``unavailable`` stays true;
+5. ``commit`` the appended events into the state, ``publish`` what the aggregate broadcasts, send
+   each result to the gateway that asked, ack.
+If anything fails after the append (a broadcast, a reply), the commands are not acked and come
+back; the aggregate then finds them in its dedup index and answers them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import msgspec
+from prometheus_client import Counter, Histogram
+
+from shared.bus.port import Bus, Command, Conflict, Unavailable
+from shared.logs import get_logger
+from shared.schemas.commands import CommandResult
+from shared.schemas.wire import encode
+from shared.timefmt import now_ms
+
+__all__ = ["Aggregate", "CommandWorker", "Decision", "Pending"]
+
+log = get_logger(__name__)
+
+C = TypeVar("C")  # a command
+S = TypeVar("S")  # an aggregate's state
+K = TypeVar("K", bound=Hashable)
+
+MIN_APPEND_S = 0.05  # the least time an append gets, however close its deadline
+LOOP_BACKOFF_S = 0.5  # pause of the fetch loop after a failed round
+IDLE_S = 600.0  # an aggregate unused this long is dropped from memory (reloaded on demand)
+
+COMMANDS = Counter(
+    "ag_commands_total", "Commands handled, by service and outcome", ["service", "outcome"]
+)
+APPEND_SECONDS = Histogram(
+    "ag_append_seconds",
+    "Time to append one aggregate's batch of events to the log",
+    ["service"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+
+
+@dataclass(slots=True)
+class Pending(Generic[C]):
+    """A command taken from the queue, not settled yet."""
+
+    command: Command
+    cmd: C
+
+
+@dataclass(slots=True)
+class Decision(Generic[C]):
+    """What an aggregate decided for a batch: the events to append (``(msg_id, bytes)``, in
+    order, to ``subject`` with ``expect_last``), a result per command (None: no reply), and
+    anything to publish again (logged before but maybe never broadcast)."""
+
+    subject: str
+    expect_last: int | None
+    events: list[tuple[str, bytes]] = field(default_factory=list)
+    results: list[CommandResult | None] = field(default_factory=list)
+    extra: Any = None  # the aggregate's own notes for commit/publish (the event objects)
+
+
+class Aggregate(Protocol[K, S, C]):
+    """A service's domain as the worker drives it. ``decide`` must not change the state (or,
+    if it must, ``forget`` makes the worker reload it after a failed append)."""
+
+    name: str
+    subjects: str  # the commands it consumes (a work-queue filter)
+    durable: str
+
+    def decode(self, data: bytes) -> C: ...
+    def key(self, cmd: C) -> K: ...
+    def deadline(self, cmd: C) -> int: ...
+    def reply_to(self, cmd: C) -> str: ...
+    async def load(self, key: K) -> S: ...
+    def decide(self, state: S, cmds: Sequence[C], now: int) -> Decision[C]: ...
+    def commit(self, state: S, decision: Decision[C], first_seq: int) -> None: ...
+    async def publish(self, state: S, decision: Decision[C]) -> None: ...
+
+
+class _Slot(Generic[S, C]):
+    __slots__ = ("state", "queue", "task", "touched", "lock")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()  # held while a batch runs, and by readers that need it
+        self.state: S | None = None
+        self.queue: deque[Pending[C]] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.touched = time.monotonic()
+
+
+class CommandWorker(Generic[K, S, C]):
+    def __init__(
+        self,
+        bus: Bus,
+        aggregate: Aggregate[K, S, C],
+        *,
+        batch: int = 256,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.bus = bus
+        self.agg = aggregate
+        self.batch = batch
+        self.clock = clock  # epoch ms: deadlines and event times
+        self.queue = bus.commands(aggregate.subjects, aggregate.durable)
+        self._slots: dict[K, _Slot[S, C]] = {}
+        self._loop: asyncio.Task[None] | None = None
+        self._spawned: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._fetch_loop(), name=f"{self.agg.name}-commands")
+
+    async def stop(self) -> None:
+        """No new commands first, then the batches under way."""
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+        await self.queue.close()
+        for task in list(self._spawned):
+            task.cancel()
+        await asyncio.gather(*self._spawned, return_exceptions=True)
+
+    async def pending(self) -> int:
+        return await self.queue.pending()
+
+    def states(self) -> dict[K, S]:
+        """The aggregates in memory (for reads that a service answers from its state)."""
+        return {k: s.state for k, s in self._slots.items() if s.state is not None}
+
+    @contextlib.asynccontextmanager
+    async def holding(self, key: K) -> AsyncIterator[S]:
+        """The aggregate's state (loaded from the log on first use), with no batch running on
+        it meanwhile: for reads of a state that ``decide`` changes before the append is done."""
+        slot = self._slot(key)
+        async with slot.lock:
+            if slot.state is None:
+                slot.state = await self.agg.load(key)
+            yield slot.state
+
+    def preload(self, states: dict[K, S]) -> None:
+        """States already read from the log (a service's rebuild at start)."""
+        for key, state in states.items():
+            self._slot(key).state = state
+
+    def forget(self, key: K) -> None:
+        """Drop the state: the next use reloads it from the log (the log is the truth)."""
+        slot = self._slots.get(key)
+        if slot is not None:
+            slot.state = None
+
+    def tidy(self) -> None:
+        """Drop aggregates nobody used for a while (a periodic call)."""
+        now = time.monotonic()
+        for key, slot in list(self._slots.items()):
+            idle = slot.task is None and not slot.queue and not slot.lock.locked()
+            if idle and now - slot.touched > IDLE_S:
+                del self._slots[key]
+
+    def _slot(self, key: K) -> _Slot[S, C]:
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = _Slot()
+        slot.touched = time.monotonic()
+        return slot
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+        return task
+
+    # --- the loop -------------------------------------------------------------------------
+    async def _fetch_loop(self) -> None:
+        while True:
+            try:
+                commands = await self.queue.fetch(self.batch, timeout=1.0)
+            except Exception:
+                log.exception("fetching commands failed; trying again")
+                await asyncio.sleep(LOOP_BACKOFF_S)
+                continue
+            for command in commands:
+                try:
+                    cmd = self.agg.decode(command.data)
+                except (msgspec.DecodeError, ValueError):
+                    log.error("undecodable command dropped", extra={"service": self.agg.name})
+                    COMMANDS.labels(self.agg.name, "undecodable").inc()
+                    await _settle(command.term())
+                    continue
+                key = self.agg.key(cmd)
+                slot = self._slot(key)
+                slot.queue.append(Pending(command, cmd))
+                if slot.task is None:
+                    slot.task = self._spawn(self._drain(key, slot), f"{self.agg.name}-{key}")
+
+    async def _drain(self, key: K, slot: _Slot[S, C]) -> None:
+        try:
+            while slot.queue:
+                batch = list(slot.queue)
+                slot.queue.clear()
+                try:
+                    async with slot.lock:
+                        await self._run(key, slot, batch)
+                except Exception:
+                    # Not acked: redelivered, then answered from the dedup index.
+                    log.exception("batch failed; will be redelivered", extra={"key": str(key)})
+                    slot.state = None
+                    for p in batch:
+                        await _settle(p.command.nak(LOOP_BACKOFF_S))
+        finally:
+            slot.task = None
+
+    async def _run(self, key: K, slot: _Slot[S, C], live: list[Pending[C]]) -> None:
+        for attempt in (1, 2):
+            if slot.state is None:
+                slot.state = await self.agg.load(key)
+            state = slot.state
+            now = self.clock()  # after waiting for the aggregate and loading it
+            decision = self.agg.decide(state, [p.cmd for p in live], now)
+            first = 0
+            if decision.events:
+                answered = [p for p, r in zip(live, decision.results, strict=True) if r]
+                deadline = min(self.agg.deadline(p.cmd) for p in answered or live)
+                budget = max((deadline - self.clock()) / 1000, MIN_APPEND_S)
+                started = time.perf_counter()
+                try:
+                    first = await self.bus.append_batch(
+                        decision.subject,
+                        decision.events,
+                        expect_last=decision.expect_last,
+                        timeout=budget,
+                    )
+                except Conflict:
+                    # Another writer, or these commands stored before a crash: the log is right.
+                    COMMANDS.labels(self.agg.name, "conflict").inc(len(live))
+                    slot.state = None
+                    if attempt == 1:
+                        continue
+                    await self._retry(live)
+                    return
+                except Unavailable as exc:
+                    log.warning("append failed", extra={"error": str(exc), "key": str(key)})
+                    slot.state = None  # it may have been stored after all: reload
+                    await self._retry(live)
+                    return
+                APPEND_SECONDS.labels(self.agg.name).observe(time.perf_counter() - started)
+            self.agg.commit(state, decision, first)
+            await self.agg.publish(state, decision)
+            for p, result in zip(live, decision.results, strict=True):
+                outcome = "expired" if result is None else result.error or "ok"
+                COMMANDS.labels(self.agg.name, outcome).inc()
+                if result is not None:
+                    try:
+                        await self.bus.publish(self.agg.reply_to(p.cmd), encode(result))
+                    except Exception as exc:  # redelivered, then answered from the dedup index
+                        log.warning("result not sent", extra={"error": repr(exc)})
+                        await _settle(p.command.nak(LOOP_BACKOFF_S))
+                        continue
+                await _settle(p.command.ack())
+            return
+
+    async def _retry(self, live: list[Pending[C]]) -> None:
+        COMMANDS.labels(self.agg.name, "retried").inc(len(live))
+        for p in live:
+            await _settle(p.command.nak(LOOP_BACKOFF_S))
+
+
+async def _settle(step: Coroutine[Any, Any, None]) -> None:
+    try:
+        await step
+    except Exception as exc:  # NATS away: the command comes back after its ack wait
+        log.warning("could not settle a command", extra={"error": repr(exc)})

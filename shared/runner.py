@@ -20,6 +20,7 @@ from shared.logs import get_logger, setup_logging
 __all__ = ["Service", "run_service", "watch_parent"]
 
 log = get_logger(__name__)
+STOP_TIMEOUT_S = 15.0
 
 
 class Service(Protocol):
@@ -63,7 +64,10 @@ async def _main(name: str, settings: Settings, factory: Callable[[Settings, Bus]
     log.info("service started")
     await stop.wait()
     log.info("service stopping")
-    await _guarded(service.stop, name, "stop")
+    try:  # a stop that hangs (NATS gone mid-way) must not keep the process alive
+        await asyncio.wait_for(_guarded(service.stop, name, "stop"), STOP_TIMEOUT_S)
+    except TimeoutError:
+        log.error("service did not stop in time; exiting anyway")
     await bus.close()
     log.info("service stopped")
 

@@ -34,6 +34,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import msgspec
 from prometheus_client import Counter, Histogram
 
+from shared import tasks
 from shared.bus.port import Bus, Command, Conflict, Unavailable
 from shared.logs import get_logger
 from shared.schemas.commands import CommandResult
@@ -137,13 +138,9 @@ class CommandWorker(Generic[K, S, C]):
 
     async def stop(self) -> None:
         """No new commands first, then the batches under way."""
-        if self._loop is not None:
-            self._loop.cancel()
-            await asyncio.gather(self._loop, return_exceptions=True)
+        await tasks.stop([self._loop])
         await self.queue.close()
-        for task in list(self._spawned):
-            task.cancel()
-        await asyncio.gather(*self._spawned, return_exceptions=True)
+        await tasks.stop(list(self._spawned))
 
     async def pending(self) -> int:
         return await self.queue.pending()

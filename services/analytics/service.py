@@ -37,7 +37,7 @@ from services.analytics.projection import Applied, Projector
 from services.analytics.query import jsonable, run_query
 from services.analytics.store import Store, db_path
 from services.analytics.throttle import Throttle
-from shared import subjects
+from shared import subjects, tasks
 from shared.bus.port import Bus, LogTail, Message, Subscription, Unavailable
 from shared.config import Settings
 from shared.logs import get_logger
@@ -131,9 +131,7 @@ class AnalyticsService:
     async def stop(self) -> None:
         for sub in self._subs:
             await sub.unsubscribe()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await tasks.stop(self._tasks)
         if self._inflight is not None:  # let a batch DuckDB already has be committed
             await asyncio.gather(self._inflight, return_exceptions=True)
         if self._tail is not None:

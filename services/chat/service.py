@@ -23,7 +23,7 @@ from services.chat import metrics
 from services.chat.decide import ChatNotes, decide
 from services.chat.presence import Change, Presence
 from services.chat.room import Room
-from shared import subjects
+from shared import subjects, tasks
 from shared.bus.port import Bus, Message, Unavailable
 from shared.config import Settings
 from shared.eventlog import decode_logged
@@ -179,9 +179,7 @@ class ChatService:
         log.info("chat ready", extra={"rooms": len(self.rooms.rooms)})
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
+        await tasks.stop([self._ticker])
         await self.worker.stop()
         for sub in self._subs:
             await sub.unsubscribe()  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ import msgspec
 from shared import subjects
 from shared.bus.port import Bus, Unavailable
 from shared.config import Settings
+from shared.errors import protocol
 from shared.logs import get_logger
 from shared.schemas.commands import CommandResult, EditCommand, command_key
 from shared.schemas.events import EditApplied, encode_event
@@ -31,7 +32,7 @@ from shared.timefmt import ms_to_ts, now_ms
 from shared.worker import Decision
 
 from .ot_errors import OTError
-from .state import DocState, Outcome, edit_frame_data, refusal
+from .state import DocState, Outcome, edit_frame_data
 from .store import DocStore, edit_msg_id
 
 __all__ = ["CollabDocs", "DocKey", "decide"]
@@ -71,15 +72,15 @@ def decide(state: DocState, commands: Sequence[EditCommand], now: int) -> Decisi
         try:
             events = state.prepare(cmd, now)
         except OTError as exc:
-            code, message, data = refusal(exc)
+            err = protocol(exc)
             decision.results.append(
                 CommandResult(
                     requestId=cmd.requestId,
                     connectionId=cmd.origin.connectionId,
                     clientId=cmd.clientId,
-                    error=code,
-                    message=message,
-                    data=data,
+                    error=err.code,
+                    message=err.message,
+                    data=err.data,
                 )
             )
             continue

@@ -1,11 +1,14 @@
 """Errors of the OT core, rooted at ``OTError``.
 
-Every one of them is the client's doing. The gateway's error map turns ``VersionMismatch`` into
-``version_mismatch`` (with ``current_version`` as ``data.version``), ``TooLarge`` into
-``too_large`` and all the others into ``invalid_message``; nothing here means ``internal``.
+Every one of them is the client's doing, so each is a ``shared.errors`` refusal and the one error
+map names it: ``VersionMismatch`` is ``version_mismatch`` (``data.version``: the current version),
+``TooLarge`` is ``too_large`` (``data.limit``), all the others ``invalid_message``; nothing here
+means ``internal``.
 """
 
 from __future__ import annotations
+
+from shared import errors
 
 __all__ = [
     "OTError",
@@ -18,7 +21,7 @@ __all__ = [
 ]
 
 
-class OTError(Exception):
+class OTError(errors.InvalidMessage):
     """An operation that cannot be applied as sent."""
 
 
@@ -38,19 +41,21 @@ class DeleteMismatch(OTError):
     """A delete whose ``content`` is not the text it removes."""
 
 
-class TooLarge(OTError):
+class TooLarge(errors.TooLarge, OTError):
     """The edit would take the document over its UTF-8 size cap."""
 
     def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"document would be {size} bytes, over the {limit}-byte cap")
+        message = f"document would be {size} bytes, over the {limit}-byte cap"
+        super().__init__(message, {"limit": limit})
         self.size = size
         self.limit = limit
 
 
-class VersionMismatch(OTError):
+class VersionMismatch(errors.VersionMismatch, OTError):
     """A base version newer than the document's, or older than its oldest kept operation."""
 
     def __init__(self, current_version: int, requested: int | None = None) -> None:
-        super().__init__(f"version {requested} not available; current version {current_version}")
+        message = f"version {requested} not available; current version {current_version}"
+        super().__init__(message, {"version": current_version})
         self.current_version = current_version
         self.requested = requested

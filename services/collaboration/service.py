@@ -12,7 +12,7 @@ messages do, rather than as NATS requests:
 - one durable consumer hands the commands out in the order they were stored, so the edits one
   connection sends reach their document in that order (a queue group promises nothing across
   instances);
-- results reuse the gateway's command path (``gateway_replies``, ``Hub.expect``).
+- results reuse the gateway's command path (``gateway_replies``, ``CommandClient``).
 
 The cost is one more JetStream hop per edit (memory storage, no fsync); ``ops/bench/collab.py``
 measures the whole path. Reads and presence (join, leave, snapshot) are request/reply on
@@ -38,7 +38,7 @@ from typing import Any
 
 import msgspec
 
-from shared import subjects
+from shared import subjects, tasks
 from shared.bus.port import Bus, Message, Subscription, Unavailable
 from shared.config import Settings
 from shared.logs import get_logger
@@ -96,13 +96,9 @@ class CollabService:
     async def stop(self) -> None:
         for sub in self._subs:
             await sub.unsubscribe()
-        if self._ticker is not None:
-            self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
+        await tasks.stop([self._ticker])
         await self.worker.stop()
-        for task in list(self._spawned):
-            task.cancel()
-        await asyncio.gather(*self._spawned, return_exceptions=True)
+        await tasks.stop(list(self._spawned))
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)

@@ -29,7 +29,7 @@ from shared.schemas.events import DocumentSnapshot, EditApplied, dedup_key, enco
 
 from .document import Document
 from .ot import Delete, Insert, Op
-from .ot_errors import OTError, TooLarge, VersionMismatch
+from .ot_errors import OTError
 from .utf16 import utf16_len
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "DocState",
     "Outcome",
     "edit_frame_data",
-    "refusal",
     "snapshot_payload",
     "snapshot_text",
 ]
@@ -67,15 +66,6 @@ class _Seen:
     seq: int  # stream sequence of its first event (0: nothing was logged)
     events: list[EditApplied]  # its logged parts, in order (to broadcast them again)
     sent: bool = False  # all of them were broadcast by this process
-
-
-def refusal(exc: OTError) -> tuple[str, str, dict[str, Any]]:
-    """The one map from OT errors to protocol error codes: (code, message, data)."""
-    if isinstance(exc, VersionMismatch):
-        return "version_mismatch", str(exc), {"version": exc.current_version}
-    if isinstance(exc, TooLarge):
-        return "too_large", str(exc), {"limit": exc.limit}
-    return "invalid_message", str(exc), {}
 
 
 def edit_frame_data(ev: EditApplied) -> dict[str, Any]:

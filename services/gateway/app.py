@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
 from litestar.exceptions import HTTPException
-from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.gateway.analytics import AnalyticsEndpoint
 from services.gateway.chat import ChatEndpoint
 from services.gateway.collaboration import CollaborationEndpoint
+from services.gateway.commands import CommandClient
+from services.gateway.connection import Conn
+from services.gateway.fanout import FanOut
 from services.gateway.gate import ConnectionGate
-from services.gateway.hub import Hub
-from services.gateway.session import SessionRunner
+from services.gateway.heartbeat import Heartbeats
+from services.gateway.ingest import Ingest
+from services.gateway.session import Endpoint, SessionRunner
 from shared.auth import TokenVerifier
+from shared.bus.nats import NatsBus, connect
 from shared.config import Settings
 from shared.errors import CLOSE_GOING_AWAY
 from shared.logs import get_logger
-from shared.natsio import connect, streams_exist
-from shared.streams import ensure_streams
 
 __all__ = ["Gateway", "create_app"]
 
@@ -31,52 +34,50 @@ log = get_logger(__name__)
 
 
 class Gateway:
-    """Owns the gateway's long-lived parts; started and stopped by the app's lifespan."""
+    """Owns the gateway's long-lived parts; started and stopped by the app's lifespan, in order:
+    the bus, the command client, the fan-out, the endpoints, the heartbeats."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.verifier = TokenVerifier(settings)
-        self.nc: NATS | None = None
-        self.hub: Hub | None = None
-        self.endpoints: dict[str, Any] = {}
-        self.runner: SessionRunner | None = None
+        self.gateway_id = uuid.uuid4().hex[:12]
+        self.bus: NatsBus | None = None
+        self.conns: set[Conn] = set()
+        self.endpoints: dict[str, Endpoint] = {}
+        self.runner = SessionRunner(settings, self.verifier, self.conns)
+        self.ingest: Ingest | None = None
         self.draining = False
+        self._parts: list[Any] = []
         self._healed_at = 0.0
 
     async def start(self) -> None:
         while True:
             try:
-                self.nc = await connect(self.settings, "gateway", reconnected_cb=self._reconnected)
+                self.bus = await connect(self.settings, "gateway")
                 break
             except Exception as exc:  # NATS not up yet: keep trying, /readyz says not ready
                 log.warning("nats connect failed; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)  # retry backoff
-        self.hub = Hub(self.settings, self.nc)
-        await self.hub.start()
-        chat = ChatEndpoint(self.settings, self.hub, self.nc)
+        bus, settings = self.bus, self.settings
+        commands = CommandClient(settings, bus, self.gateway_id)
+        fanout = FanOut(settings, bus)
+        heartbeats = Heartbeats(settings, bus, self.gateway_id)
+        chat = ChatEndpoint(settings, bus, fanout, commands, heartbeats)
+        analytics = AnalyticsEndpoint(settings, bus, fanout)
+        collaboration = CollaborationEndpoint(settings, bus, fanout, commands, heartbeats)
+        self.endpoints = {"chat": chat, "analytics": analytics, "collaboration": collaboration}
+        self.ingest = Ingest(settings, bus, self.verifier)
+        await commands.start()
+        await fanout.start()
         await chat.start()
-        self.endpoints = {"chat": chat}
-        analytics = AnalyticsEndpoint(self.settings, self.hub, self.nc, self.verifier)
-        await analytics.start()
-        self.endpoints["analytics"] = analytics
-        collaboration = CollaborationEndpoint(self.settings, self.hub, self.nc)
-        await collaboration.start()
-        self.endpoints["collaboration"] = collaboration
-        self.runner = SessionRunner(self.settings, self.hub, self.verifier)
-        log.info("gateway started", extra={"gatewayId": self.hub.gateway_id})
-
-    async def _reconnected(self) -> None:
-        log.info("nats reconnected")
-        # Live frames published while the link was down are lost: read them from the log.
-        if self.hub is not None:
-            self.hub.resync()
+        heartbeats.start()
+        self._parts = [heartbeats, chat, fanout, commands]  # stopped in this order
+        log.info("gateway started", extra={"gatewayId": self.gateway_id})
 
     async def drain(self) -> None:
         """Close every socket with 1001 (go elsewhere) and let the frames flush."""
         self.draining = True
-        if self.hub is None:
-            return
-        conns = list(self.hub.conns)
+        conns = list(self.conns)
         for conn in conns:
             conn.close(CLOSE_GOING_AWAY, "server shutting down")
         with contextlib.suppress(asyncio.TimeoutError):
@@ -84,28 +85,23 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.drain()
-        for ep in self.endpoints.values():
-            await ep.stop()
-        if self.hub is not None:
-            await self.hub.stop()
-        if self.nc is not None:
-            await self.nc.drain()
+        for part in self._parts:
+            await part.stop()
+        if self.bus is not None:
+            await self.bus.close()
 
     async def ready(self) -> bool:
-        if self.nc is None or not self.nc.is_connected or self.draining:
+        if self.bus is None or not self.bus.connected or self.draining:
             return False
-        js = self.nc.jetstream()
-        if await streams_exist(js):
+        if await self.bus.streams_exist():
             return True
         # A memory stream is gone after a NATS restart: put it back rather than stay unready.
         now = asyncio.get_running_loop().time()
         if now - self._healed_at > 2.0:
             self._healed_at = now
             with contextlib.suppress(Exception):
-                await ensure_streams(
-                    js, self.settings.stream_replicas, self.settings.dedup_window_s
-                )
-        return await streams_exist(js)
+                await self.bus.ensure_streams()
+        return await self.bus.streams_exist()
 
 
 # HTTP errors answer in the project's shape, {"code", "error"}, as the ingest endpoint does.
@@ -153,7 +149,7 @@ def create_app(settings: Settings) -> tuple[Any, Gateway]:
 
     async def _serve(socket: WebSocket[Any, Any, Any], name: str) -> None:
         endpoint = gw.endpoints.get(name)
-        if gw.runner is None or endpoint is None or gw.draining:
+        if endpoint is None or gw.draining:
             # Accept, then 1001: a close before accept would reach the client as HTTP 403.
             await socket.accept()
             await socket.close(code=CLOSE_GOING_AWAY)
@@ -179,11 +175,10 @@ def create_app(settings: Settings) -> tuple[Any, Gateway]:
         request_max_body_size=settings.max_frame_bytes,
     )
     async def analytics_events(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-        endpoint = gw.endpoints.get("analytics")
-        if endpoint is None or gw.draining:
+        if gw.ingest is None or gw.draining:
             body = {"code": "unavailable", "error": "the gateway is not ready"}
             return Response(body, status_code=503)
-        status, body = await endpoint.ingest(
+        status, body = await gw.ingest.post(
             request.headers.get("authorization"),
             request.headers.get("idempotency-key"),
             await request.body(),

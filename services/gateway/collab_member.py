@@ -1,22 +1,21 @@
-"""One connection in one collaboration session, and the gate its live frames pass (sans-I/O).
+"""One connection in one collaboration session: the gate its live frames pass, and ack order.
 
-The gate keeps a session's frames in version order for its connection:
-
-- ``hold``/``release`` bracket a join or snapshot reply: frames arriving meanwhile are kept and,
-  once the reply is queued, handed over except edits at or below ``floor`` (the version the reply
-  showed, which already contains them);
-- ``covered`` records the highest version the connection has or will get (handed over, held, or
-  in a reply or ack); ``caught_up`` lets an ack wait until the edits before it were handed over.
-
-Overflow policy of the held frames: at ``limit``, droppable frames (cursors) are dropped and
-anything else closes the socket as a slow consumer, as ``Conn`` does.
+- Its ``HoldGate`` brackets a join or snapshot reply: frames arriving meanwhile are kept and,
+  once the reply is queued, handed over except edits at or below the version the reply showed
+  (it already contains them).
+- ``covered`` records the highest version the connection has or will get (handed over, held,
+  or in a reply or ack); ``caught_up`` lets an ack wait until the edits before it were handed
+  over, so a client with one edit in flight sees the session's edits and its ack in version
+  order.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
-from services.gateway.connection import Conn
+from services.gateway.connection import Authed
+from services.gateway.holdgate import HoldGate
 from shared.errors import CLOSE_TRY_AGAIN
 from shared.schemas.commands import SessionMember
 
@@ -26,60 +25,38 @@ __all__ = ["Member"]
 class Member:
     """A session member: its role and state, and the gate for its live frames."""
 
-    __slots__ = (
-        "conn",
-        "session_id",
-        "role",
-        "joined",
-        "announced",
-        "gone",
-        "floor",
-        "seen",
-        "holds",
-        "held",
-        "limit",
-        "_progress",
-    )
+    __slots__ = ("authed", "session_id", "role", "joined", "announced", "gate", "seen", "_progress")
 
-    def __init__(self, conn: Conn, session_id: str, role: str, limit: int) -> None:
-        self.conn = conn
+    def __init__(self, authed: Authed, session_id: str, role: str, limit: int) -> None:
+        self.authed = authed
         self.session_id = session_id
         self.role = role
         self.joined = False  # session_joined was sent
         self.announced = False  # the service was told (heartbeats list it from then on)
-        self.gone = False  # left (or the join failed): nothing more is delivered
-        self.floor = 0  # edits at or below this version are in a reply the client has
+        self.gate = HoldGate(authed.push, self._overflow, limit)
         self.seen = 0  # highest version handed over, held, or covered by a reply or ack
-        self.holds = 0
-        self.held: list[tuple[str, int | None, bool]] = []
-        self.limit = limit
         self._progress = asyncio.Event()
 
-    def offer(self, text: str, version: int | None, droppable: bool) -> None:
-        if version is not None:
-            if version <= self.floor:
-                return
-            self.covered(version)
-        if not self.holds:
-            self.conn.push(text, droppable=droppable)
-        elif len(self.held) < self.limit:
-            self.held.append((text, version, droppable))
-        elif not droppable:
-            self.conn.close(CLOSE_TRY_AGAIN, "slow consumer")
+    @property
+    def conn_id(self) -> str:
+        return self.authed.id
 
-    def hold(self) -> None:
-        self.holds += 1
+    @property
+    def user_id(self) -> str:
+        return self.authed.user_id
 
-    def release(self) -> None:
-        self.holds -= 1
-        if self.holds:
-            return
-        held, self.held = self.held, []
-        for text, version, droppable in held:
-            if self.gone:
-                return
-            if version is None or version > self.floor:
-                self.conn.push(text, droppable=droppable)
+    @property
+    def gone(self) -> bool:
+        return self.gate.closed
+
+    def offer(
+        self, text: str, seq: int | None, droppable: bool, headers: Mapping[str, str]
+    ) -> None:
+        if self.gate.offer(text, seq, droppable) and seq is not None:
+            self.covered(seq)
+
+    def break_stream(self, reason: str) -> None:
+        return None  # clients apply edits by version and ask for a snapshot on a gap
 
     def covered(self, version: int) -> None:
         if version > self.seen:
@@ -98,8 +75,8 @@ class Member:
         return True
 
     def ref(self) -> SessionMember:
-        ident, ctx = self.conn.identity, self.conn.context_id
-        assert ident is not None and ctx is not None
-        return SessionMember(
-            ctx, self.session_id, self.conn.id, ident.user_id, ident.name, self.role
-        )
+        a = self.authed
+        return SessionMember(a.context_id, self.session_id, a.id, a.user_id, a.user_name, self.role)
+
+    def _overflow(self) -> None:
+        self.authed.close(CLOSE_TRY_AGAIN, "slow consumer")

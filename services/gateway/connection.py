@@ -1,8 +1,13 @@
-"""One WebSocket connection's outbound side: a bounded queue, ordered replies, one writer.
+"""One WebSocket connection: its lifecycle, and its outbound side (bounded queue, ordered replies).
 
-Replies to client frames go out in the order the frames arrived even when their backends answer
-out of order: each frame reserves a slot (a future) in ``replies`` and a pump releases them in
-sequence. Broadcasts go straight to the outbound queue. Overflow policy: droppable frames
+Lifecycle (``ConnState``): ``AUTHENTICATING`` until a token is accepted (``open`` returns the
+``Authed`` view endpoints work with, so no endpoint code ever sees a connection without an
+identity), ``OPEN``, then ``CLOSING`` once a close is queued (frames still in the queue go out
+first) and ``CLOSED`` when the socket is gone. An illegal transition raises ``StateError``.
+
+Outbound: replies to client frames go out in the order the frames arrived even when their
+backends answer out of order: each frame reserves a slot in ``replies`` and a pump releases them
+in sequence. Live frames go straight to the outbound queue. Overflow policy: droppable frames
 (typing, cursor) are dropped when the queue is full; anything else closes the socket as a slow
 consumer (1013), because silently losing chat messages is worse.
 """
@@ -10,20 +15,45 @@ consumer (1013), because silently losing chat messages is worse.
 from __future__ import annotations
 
 import asyncio
+import enum
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
+from shared import tasks
 from shared.auth import Identity
 from shared.errors import CLOSE_TRY_AGAIN
 from shared.logs import get_logger
 from shared.schemas.commands import Connection
 
-__all__ = ["Conn"]
+__all__ = ["Authed", "Conn", "ConnState", "Reply", "StateError"]
 
 log = get_logger(__name__)
 _CLOSE = object()
-Followed = tuple[str | None, Callable[[], None]]  # a reply and what must happen right after it
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A frame's reply: the text to send (None: nothing), and what must happen right after it
+    is queued, before any later reply (releasing a ``HoldGate``, closing the socket)."""
+
+    text: str | None = None
+    then: Callable[[], None] | None = None
+
+
+ReplyLike = Reply | str | None
+
+
+class ConnState(enum.Enum):
+    AUTHENTICATING = "authenticating"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class StateError(RuntimeError):
+    """A transition the lifecycle does not have."""
 
 
 class Conn:
@@ -37,29 +67,36 @@ class Conn:
         self.id = uuid.uuid4().hex
         self.endpoint = endpoint
         self.peer = peer
-        self.identity: Identity | None = None
-        self.context_id: str | None = None
-        self.closed = False
+        self.state = ConnState.AUTHENTICATING
+        self.authed: Authed | None = None
         self.close_code: int | None = None
+        self.on_sent: Callable[[], None] | None = None
         self._send = send
         self._out: asyncio.Queue[Any] = asyncio.Queue(max_queue)
         self._replies: asyncio.Queue[
-            tuple[asyncio.Future[str | None | Followed], Callable[[], None] | None]
+            tuple[asyncio.Future[ReplyLike], Callable[[], None] | None]
         ] = asyncio.Queue(256)
-        self._held: list[tuple[str, int | None]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.on_sent: Callable[[], None] | None = None
-        self.joined = False  # the endpoint finished its on_open
-        self.present = False  # announced to presence (chat), so heartbeats list it
+
+    @property
+    def closed(self) -> bool:
+        return self.state in (ConnState.CLOSING, ConnState.CLOSED)
 
     @property
     def user_id(self) -> str | None:
-        return self.identity.user_id if self.identity else None
+        return self.authed.user_id if self.authed else None
 
-    def ref(self) -> Connection:
-        """This authenticated socket as presence bookkeeping names it."""
-        assert self.identity is not None and self.context_id is not None
-        return Connection(self.context_id, self.id, self.identity.user_id, self.identity.name)
+    @property
+    def context_id(self) -> str | None:
+        return self.authed.context_id if self.authed else None
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def open(self, identity: Identity, context_id: str) -> Authed:
+        if self.state is not ConnState.AUTHENTICATING:
+            raise StateError(f"cannot authenticate a connection that is {self.state.value}")
+        self.state = ConnState.OPEN
+        self.authed = Authed(self, identity, context_id)
+        return self.authed
 
     def start(self) -> None:
         self._tasks = [
@@ -68,23 +105,15 @@ class Conn:
         ]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.state = ConnState.CLOSED
+        await tasks.stop(self._tasks)
         while not self._replies.empty():  # replies nobody will send: stop their work too
             fut, _ = self._replies.get_nowait()
             fut.cancel()
 
     # --- outbound -------------------------------------------------------------------------
-    def push(self, text: str, droppable: bool = False, seq: int | None = None) -> None:
+    def push(self, text: str, droppable: bool = False) -> None:
         if self.closed:
-            return
-        if self._held is not None:
-            if len(self._held) >= self._out.maxsize:
-                if not droppable:
-                    self.close(CLOSE_TRY_AGAIN, "slow consumer")  # held as long as a full queue
-                return
-            self._held.append((text, seq))
             return
         try:
             self._out.put_nowait(text)
@@ -94,29 +123,16 @@ class Conn:
             log.warning("slow consumer closed", extra={"connectionId": self.id})
             self.close(CLOSE_TRY_AGAIN, "slow consumer")
 
-    def hold(self) -> None:
-        """Buffer broadcasts (while connected/presence/recovery go out first)."""
-        self._held = []
-
-    def release(self, after_seq: int | None = None) -> None:
-        held, self._held = self._held or [], None
-        for text, seq in held:
-            if after_seq is not None and seq is not None and seq <= after_seq:
-                continue  # already replayed
-            self.push(text, seq=seq)
-
     async def reply(
-        self,
-        result: Awaitable[str | None | Followed] | str | None,
-        then: Callable[[], None] | None = None,
+        self, result: Awaitable[ReplyLike] | ReplyLike, then: Callable[[], None] | None = None
     ) -> None:
         """Reserve the next reply slot; waits (backpressure) while 256 replies are in flight.
 
         ``then`` runs right after this reply is queued for sending, in order with the others; an
-        awaitable may instead resolve to ``(text, then)`` when the follow-up is known only then.
+        awaitable may instead resolve to a ``Reply`` whose ``then`` is known only then.
         """
-        if isinstance(result, str) or result is None:
-            fut: asyncio.Future[str | None | Followed] = asyncio.get_running_loop().create_future()
+        if result is None or isinstance(result, str | Reply):
+            fut: asyncio.Future[ReplyLike] = asyncio.get_running_loop().create_future()
             fut.set_result(result)
         else:
             fut = asyncio.ensure_future(result)
@@ -125,7 +141,7 @@ class Conn:
     def close(self, code: int, reason: str = "") -> None:
         if self.closed:
             return
-        self.closed = True
+        self.state = ConnState.CLOSING
         self.close_code = code
         # RFC 6455 §5.5: a control frame's payload is at most 125 bytes, 2 of them the code.
         reason = reason.encode("utf-8", "ignore")[:123].decode("utf-8", "ignore")
@@ -146,18 +162,18 @@ class Conn:
             fut, then = await self._replies.get()
             try:
                 result = await fut
-                if isinstance(result, tuple):  # (frame, follow-up): the follow-up runs in order
-                    text, then = result[0], result[1] if then is None else then
-                else:
-                    text = result
             except Exception:
                 log.exception("reply failed", extra={"connectionId": self.id})
-                text = None
+                result = None
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 # Python 3.11's wait_for can swallow a cancel that lands as its future completes;
                 # honour it here or stop() would wait for this loop forever.
                 raise asyncio.CancelledError
+            if isinstance(result, Reply):
+                text, then = result.text, then or result.then
+            else:
+                text = result
             if text is not None and not self.closed:
                 try:
                     self._out.put_nowait(text)
@@ -178,7 +194,43 @@ class Conn:
                 if self.on_sent:
                     self.on_sent()
             except Exception:  # the peer went away; the reader sees the disconnect
-                self.closed = True
+                self.state = ConnState.CLOSED
                 return
             finally:
                 self._out.task_done()
+
+
+@dataclass(eq=False, slots=True)
+class Authed:
+    """An authenticated connection: what endpoints work with (identity and context certain)."""
+
+    conn: Conn
+    identity: Identity
+    context_id: str
+
+    @property
+    def id(self) -> str:
+        return self.conn.id
+
+    @property
+    def user_id(self) -> str:
+        return self.identity.user_id
+
+    @property
+    def user_name(self) -> str:
+        return self.identity.name
+
+    def push(self, text: str, droppable: bool = False) -> None:
+        self.conn.push(text, droppable)
+
+    async def reply(
+        self, result: Awaitable[ReplyLike] | ReplyLike, then: Callable[[], None] | None = None
+    ) -> None:
+        await self.conn.reply(result, then)
+
+    def close(self, code: int, reason: str = "") -> None:
+        self.conn.close(code, reason)
+
+    def ref(self) -> Connection:
+        """This socket as presence bookkeeping names it."""
+        return Connection(self.context_id, self.conn.id, self.user_id, self.user_name)

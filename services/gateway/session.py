@@ -2,7 +2,9 @@
 
 Endpoint-specific behaviour lives in an ``Endpoint`` (chat, analytics, collaboration); this
 module owns what the protocol says of every socket: the auth handshake and its timeout, token
-expiry and refresh, frame size and rate limits, error frames and close codes.
+expiry and refresh, frame size and rate limits, error frames and close codes. Errors are raised
+as ``Refusal`` subclasses anywhere below; ``refuse`` turns one into its frame and, when the map
+(``shared.errors.protocol``) says so, the close after it.
 """
 
 from __future__ import annotations
@@ -16,17 +18,23 @@ from litestar import WebSocket
 from litestar.exceptions import WebSocketDisconnect
 
 from services.gateway import metrics
-from services.gateway.connection import Conn, Followed
-from services.gateway.hub import Hub
+from services.gateway.connection import Authed, Conn, ConnState, Reply, ReplyLike
 from shared.auth import AuthFailure, Identity, TokenVerifier
 from shared.config import Settings
 from shared.errors import (
-    CLOSE_AUTH_TIMEOUT,
-    CLOSE_FORBIDDEN,
-    CLOSE_POLICY,
     CLOSE_TOO_BIG,
-    CLOSE_UNAUTHORIZED,
-    AGError,
+    AuthTimeout,
+    BadToken,
+    Forbidden,
+    Internal,
+    InvalidMessage,
+    NotAllowedHere,
+    Refusal,
+    TokenExpired,
+    TooLarge,
+    TooManyFrames,
+    Unauthenticated,
+    protocol,
 )
 from shared.logs import get_logger
 from shared.ratelimit import SlidingWindow
@@ -35,34 +43,40 @@ from shared.schemas.wire import encode_frame as _encode_frame
 from shared.schemas.wire import error_frame as _error_frame
 from shared.timefmt import ms_to_ts, now_ms
 
-__all__ = ["Endpoint", "Reply", "SessionRunner", "connected_text", "frame_text", "error_text"]
+__all__ = [
+    "Endpoint",
+    "SessionRunner",
+    "connected_text",
+    "dispatch",
+    "error_text",
+    "frame_text",
+]
 
 log = get_logger(__name__)
 
-Reply = Awaitable[str | None | Followed] | str | None
+Handled = Awaitable[ReplyLike] | ReplyLike
 
 
 def frame_text(type: str, data: Any = None, *, id: str | None = None) -> str:
     return _encode_frame(type, ms_to_ts(now_ms()), data, id=id).decode()
 
 
-def connected_text(conn: Conn) -> str:
+def connected_text(authed: Authed) -> str:
     """The ``connected`` frame every endpoint sends first."""
-    ident = conn.identity
-    assert ident is not None
+    ident = authed.identity
     data = {
-        "connectionId": conn.id,
+        "connectionId": authed.id,
         "userId": ident.user_id,
         "username": ident.name,
-        "contextId": conn.context_id,
+        "contextId": authed.context_id,
         "roles": list(ident.roles),
         "serverTime": ms_to_ts(now_ms()),
     }
     return frame_text("connected", data)
 
 
-def error_text(exc: AGError, id: str | None = None) -> str:
-    metrics.ERRORS.labels(exc.code).inc()
+def error_text(exc: BaseException, id: str | None = None) -> str:
+    metrics.ERRORS.labels(protocol(exc).code).inc()
     return _error_frame(exc, ms_to_ts(now_ms()), id=id).decode()
 
 
@@ -70,12 +84,9 @@ class Endpoint(Protocol):
     name: str
 
     def allowed(self, identity: Identity) -> bool: ...
-
-    async def on_open(self, conn: Conn, last_seq: int | None) -> None: ...
-
-    def handle(self, conn: Conn, frame: ClientFrame) -> Reply: ...
-
-    async def on_close(self, conn: Conn) -> None: ...
+    async def on_open(self, authed: Authed, last_seq: int | None) -> None: ...
+    def handle(self, authed: Authed, frame: ClientFrame) -> Handled: ...
+    async def on_close(self, authed: Authed) -> None: ...
 
 
 def _parse_last_seq(value: str | None) -> int | None:
@@ -85,20 +96,20 @@ def _parse_last_seq(value: str | None) -> int | None:
 
 
 class SessionRunner:
-    def __init__(self, settings: Settings, hub: Hub, verifier: TokenVerifier) -> None:
+    def __init__(self, settings: Settings, verifier: TokenVerifier, conns: set[Conn]) -> None:
         self.settings = settings
-        self.hub = hub
         self.verifier = verifier
+        self.conns = conns  # every open connection of this gateway (drained on shutdown)
 
     async def run(self, socket: WebSocket[Any, Any, Any], endpoint: Endpoint, peer: str) -> None:
         await socket.accept()
         conn = Conn(endpoint.name, socket.send, self.settings.outbound_queue, peer)  # type: ignore[arg-type]
         conn.on_sent = metrics.FRAMES_OUT.labels(endpoint.name).inc
         conn.start()
-        self.hub.conns.add(conn)
+        self.conns.add(conn)
         metrics.CONNECTIONS.labels(endpoint.name).inc()
         metrics.CONNECTIONS_TOTAL.labels(endpoint.name).inc()
-        state = _State(self.settings)
+        state = _Limits(self.settings)
         log.info("connection opened", extra={"connectionId": conn.id, "endpoint": endpoint.name})
         try:
             params = socket.query_params
@@ -110,18 +121,17 @@ class SessionRunner:
                 )
                 try:
                     await self._authenticate(conn, endpoint, state, auth)
-                except AGError as exc:
-                    conn.push(error_text(exc))
-                    conn.close(exc.close or CLOSE_UNAUTHORIZED, exc.message)
+                except Refusal as exc:
+                    self._refuse_now(conn, exc)
             await self._loop(socket, conn, endpoint, state)
         finally:
             state.cancel_expiry()
-            if conn.joined:
+            if conn.authed is not None:  # on_open ran (maybe not to its end): undo what it did
                 try:
-                    await endpoint.on_close(conn)
+                    await endpoint.on_close(conn.authed)
                 except Exception:
                     log.exception("endpoint close failed", extra={"connectionId": conn.id})
-            self.hub.conns.discard(conn)
+            self.conns.discard(conn)
             await conn.stop()
             metrics.CONNECTIONS.labels(endpoint.name).dec()
             code = conn.close_code if conn.close_code is not None else state.peer_code
@@ -137,17 +147,18 @@ class SessionRunner:
             )
 
     async def _loop(
-        self, socket: WebSocket[Any, Any, Any], conn: Conn, endpoint: Endpoint, state: _State
+        self, socket: WebSocket[Any, Any, Any], conn: Conn, endpoint: Endpoint, state: _Limits
     ) -> None:
+        """Read frames until the peer goes."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.auth_timeout_s
         while True:
-            timeout = None if conn.identity or conn.closed else max(deadline - loop.time(), 0)
+            waiting = conn.state is ConnState.AUTHENTICATING
+            timeout = max(deadline - loop.time(), 0) if waiting else None
             try:
                 event = await asyncio.wait_for(socket.receive(), timeout)
             except TimeoutError:
-                conn.push(error_text(AGError("unauthenticated", "no auth frame in time")))
-                conn.close(CLOSE_AUTH_TIMEOUT, "authentication timeout")
+                self._refuse_now(conn, AuthTimeout("no auth frame in time"))
                 deadline = float("inf")
                 continue
             except WebSocketDisconnect as exc:
@@ -162,41 +173,49 @@ class SessionRunner:
                 await self._frame(conn, endpoint, state, dict(event))
             except _Refused as refused:
                 await self._refuse(conn, state, refused.error, refused.id)
-            except AGError as exc:
+            except Refusal as exc:
                 await self._refuse(conn, state, exc, None)
             except Exception:  # our fault, never the client's: say so and keep serving
                 log.exception("frame handling failed", extra={"connectionId": conn.id})
-                await conn.reply(error_text(AGError("internal", "internal error")))
+                await conn.reply(error_text(Internal("internal error")))
 
     @staticmethod
-    async def _refuse(conn: Conn, state: _State, exc: AGError, cid: str | None) -> None:
+    def _refuse_now(conn: Conn, exc: Refusal) -> None:
+        """An error outside any frame's reply slot (at connect, on a timer), then its close."""
+        conn.push(error_text(exc))
+        close = protocol(exc).close
+        if close:
+            conn.close(close, exc.message)
+
+    @staticmethod
+    async def _refuse(conn: Conn, state: _Limits, exc: Refusal, cid: str | None) -> None:
         """The error in its reply slot (after earlier replies), then the close it calls for."""
-        code = exc.close
-        if code:
-            state.closing = True
+        code = protocol(exc).close
         then = (lambda: conn.close(code, exc.message)) if code else None
-        await conn.reply(error_text(exc, cid), then=then)
+        if code:
+            state.closing = True  # read nothing more; the close follows the reply
+        await conn.reply(Reply(error_text(exc, cid), then))
 
     async def _frame(
-        self, conn: Conn, endpoint: Endpoint, state: _State, event: dict[str, Any]
+        self, conn: Conn, endpoint: Endpoint, state: _Limits, event: dict[str, Any]
     ) -> None:
         text: str | None = event.get("text")
         now = time.monotonic()
         if text is None:
             size = len(event.get("bytes") or b"")
             if size > self.settings.max_frame_bytes:
-                return await self._oversize(conn, state, now, None)
+                await self._oversize(conn, state, now, None)
+                return
             self._count(conn, state, now, None)
-            await conn.reply(
-                error_text(AGError("invalid_message", "binary frames are not accepted"))
-            )
+            await conn.reply(error_text(InvalidMessage("binary frames are not accepted")))
             return
         if len(text) * 4 > self.settings.max_frame_bytes:  # cheap bound before measuring
             if len(text.encode("utf-8", "surrogatepass")) > self.settings.max_frame_bytes:
-                return await self._oversize(conn, state, now, peek_id(text))
+                await self._oversize(conn, state, now, peek_id(text))
+                return
         try:
             frame = decode_client_frame(endpoint.name, text)
-        except AGError as exc:
+        except Refusal as exc:
             metrics.FRAMES_IN.labels(endpoint.name, "invalid").inc()
             cid = peek_id(text)
             self._count(conn, state, now, cid)
@@ -207,97 +226,116 @@ class SessionRunner:
             await conn.reply(frame_text("pong", {}, id=frame.id))
             return
         self._count(conn, state, now, frame.id)
+        authed = conn.authed
         if frame.type == "auth":
-            if conn.identity is not None:
-                again = AGError("invalid_message", "already authenticated; use refresh")
+            if authed is not None:
+                again = InvalidMessage("already authenticated; use refresh")
                 await conn.reply(error_text(again, frame.id))
                 return
             try:
                 await self._authenticate(conn, endpoint, state, frame.data)
-            except AGError as exc:
+            except Refusal as exc:
                 raise _Refused(exc, frame.id) from None
             return
-        if conn.identity is None:
-            await conn.reply(error_text(AGError("unauthenticated", "send auth first"), frame.id))
+        if authed is None:
+            await conn.reply(error_text(Unauthenticated("send auth first"), frame.id))
             return
         if frame.type == "refresh":
-            await conn.reply(self._refresh(conn, endpoint, state, frame))
+            await conn.reply(self._refresh(authed, endpoint, state, frame))
             return
-        await conn.reply(endpoint.handle(conn, frame))
+        await conn.reply(dispatch(endpoint, authed, frame))
 
-    def _count(self, conn: Conn, state: _State, now: float, cid: str | None) -> None:
+    def _count(self, conn: Conn, state: _Limits, now: float, cid: str | None) -> None:
         if not state.frames.hit(now):
             log.warning("frame rate limit", extra={"connectionId": conn.id, "userId": conn.user_id})
-            raise _Refused(AGError("rate_limited", "too many frames", close=CLOSE_POLICY), cid)
+            raise _Refused(TooManyFrames("too many frames"), cid)
 
-    async def _oversize(self, conn: Conn, state: _State, now: float, cid: str | None) -> None:
+    async def _oversize(self, conn: Conn, state: _Limits, now: float, cid: str | None) -> None:
         if not state.oversize.hit(now):
             conn.close(CLOSE_TOO_BIG, "frames too large")
             return
         limit = self.settings.max_frame_bytes
         await conn.reply(
-            error_text(
-                AGError("too_large", f"frame exceeds {limit} bytes", data={"limit": limit}), cid
-            )
+            error_text(TooLarge(f"frame exceeds {limit} bytes", {"limit": limit}), cid)
         )
 
-    async def _authenticate(
-        self, conn: Conn, endpoint: Endpoint, state: _State, auth: AuthData
-    ) -> None:
+    def _verify(self, token: str | None) -> Identity:
         try:
-            identity = self.verifier.verify(auth.token or "", time.time())
+            return self.verifier.verify(token or "", time.time())
         except AuthFailure as exc:
             metrics.AUTH_FAILURES.labels(exc.reason).inc()
-            log.info("auth failed", extra={"connectionId": conn.id, "reason": exc.reason})
-            raise AGError("unauthenticated", exc.message, close=CLOSE_UNAUTHORIZED) from None
+            raise BadToken(exc.message, {"reason": exc.reason}) from None
+
+    async def _authenticate(
+        self, conn: Conn, endpoint: Endpoint, state: _Limits, auth: AuthData
+    ) -> None:
+        try:
+            identity = self._verify(auth.token)
+        except BadToken as exc:
+            log.info("auth failed", extra={"connectionId": conn.id, "reason": exc.data["reason"]})
+            raise BadToken(exc.message) from None
         context_id = auth.contextId
         if not context_id:
             metrics.AUTH_FAILURES.labels("context").inc()
-            raise AGError("forbidden", "contextId is required", close=CLOSE_FORBIDDEN)
+            raise NotAllowedHere("contextId is required")
         if not identity.allows(context_id):
             metrics.AUTH_FAILURES.labels("context").inc()
             log.info("context refused", extra={"connectionId": conn.id, "userId": identity.user_id})
-            raise AGError("forbidden", "token does not allow this context", close=CLOSE_FORBIDDEN)
+            raise NotAllowedHere("token does not allow this context")
         if not endpoint.allowed(identity):
             metrics.AUTH_FAILURES.labels("role").inc()
-            raise AGError("forbidden", "role not allowed on this endpoint", close=CLOSE_FORBIDDEN)
-        conn.identity = identity
-        conn.context_id = context_id
-        state.schedule_expiry(conn)
-        await endpoint.on_open(conn, auth.lastSeq)
-        conn.joined = True
+            raise NotAllowedHere("role not allowed on this endpoint")
+        authed = conn.open(identity, context_id)
+        state.schedule_expiry(authed)
+        await endpoint.on_open(authed, auth.lastSeq)
 
-    def _refresh(self, conn: Conn, endpoint: Endpoint, state: _State, frame: ClientFrame) -> str:
-        assert conn.identity is not None and conn.context_id is not None
+    def _refresh(
+        self, authed: Authed, endpoint: Endpoint, state: _Limits, frame: ClientFrame
+    ) -> str:
         try:
-            new = self.verifier.verify(frame.data.token or "", time.time())
-        except AuthFailure as exc:
-            metrics.AUTH_FAILURES.labels(exc.reason).inc()
-            message = f"refresh refused: {exc.message}"
-            return error_text(AGError("unauthenticated", message), frame.id)
-        if new.user_id != conn.identity.user_id or not new.allows(conn.context_id):
-            return error_text(
-                AGError("forbidden", "token is for another user or context"), frame.id
-            )
+            new = self._verify(frame.data.token)
+        except BadToken as exc:
+            return error_text(Unauthenticated(f"refresh refused: {exc.message}"), frame.id)
+        if new.user_id != authed.user_id or not new.allows(authed.context_id):
+            return error_text(Forbidden("token is for another user or context"), frame.id)
         if not endpoint.allowed(new):  # e.g. an instructor's socket refreshed with a learner token
-            return error_text(AGError("forbidden", "role not allowed on this endpoint"), frame.id)
-        conn.identity = new
-        state.schedule_expiry(conn)
+            return error_text(Forbidden("role not allowed on this endpoint"), frame.id)
+        authed.identity = new
+        state.schedule_expiry(authed)
         return frame_text(
             "refreshed", {"expiresAt": ms_to_ts(int(new.expires_at * 1000))}, id=frame.id
         )
 
 
-class _Refused(Exception):
-    """An AGError about one frame, with that frame's id for the error reply."""
+async def _as_frame(handled: Awaitable[ReplyLike], cid: str | None) -> ReplyLike:
+    try:
+        return await handled
+    except Refusal as exc:
+        return error_text(exc, cid)
 
-    def __init__(self, error: AGError, cid: str | None) -> None:
+
+def dispatch(endpoint: Endpoint, authed: Authed, frame: ClientFrame) -> Handled:
+    """The endpoint's reply to a frame; a refusal raised while it is made, at once or later,
+    becomes that frame's error reply."""
+    try:
+        handled = endpoint.handle(authed, frame)
+    except Refusal as exc:
+        return error_text(exc, frame.id)
+    if handled is None or isinstance(handled, str | Reply):
+        return handled
+    return _as_frame(handled, frame.id)
+
+
+class _Refused(Exception):
+    """A refusal of one frame, with that frame's id for the error reply."""
+
+    def __init__(self, error: Refusal, cid: str | None) -> None:
         super().__init__(error.message)
         self.error = error
         self.id = cid
 
 
-class _State:
+class _Limits:
     """Per-connection limits and timers (kept out of Conn, which is the outbound side)."""
 
     def __init__(self, settings: Settings) -> None:
@@ -307,18 +345,16 @@ class _State:
         self.closing = False  # an error that closes was queued: read nothing more
         self._expiry: asyncio.TimerHandle | None = None
 
-    def schedule_expiry(self, conn: Conn) -> None:
-        assert conn.identity is not None
+    def schedule_expiry(self, authed: Authed) -> None:
         self.cancel_expiry()
-        delay = max(conn.identity.expires_at - time.time(), 0)
-        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire, conn)
+        delay = max(authed.identity.expires_at - time.time(), 0)
+        self._expiry = asyncio.get_running_loop().call_later(delay, _expire, authed.conn)
 
     def cancel_expiry(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
 
-    @staticmethod
-    def _expire(conn: Conn) -> None:
-        conn.push(error_text(AGError("token_expired", "token expired; refresh it")))
-        conn.close(CLOSE_UNAUTHORIZED, "token expired")
+
+def _expire(conn: Conn) -> None:
+    SessionRunner._refuse_now(conn, TokenExpired("token expired; refresh it"))

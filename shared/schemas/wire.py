@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Raw, Struct
 
-from shared.errors import AGError
+from shared.errors import InvalidJson, InvalidMessage, UnknownType, protocol
 from shared.schemas.events import ChatMessagePosted
 from shared.timefmt import ms_to_ts
 
@@ -154,37 +154,37 @@ _TOO_DEEP = "frame is nested too deeply"
 
 
 def decode_client_frame(endpoint: str, raw: bytes | str) -> ClientFrame:
-    """Decode one client text frame for ``endpoint`` or raise ``AGError``.
+    """Decode one client text frame for ``endpoint`` or raise a ``Refusal``.
 
     The error carries the client ``id`` in ``data['id']`` when the envelope had a usable one.
     """
     try:
         env = _ENVELOPE.decode(raw)
     except RecursionError:
-        raise AGError("invalid_message", _TOO_DEEP) from None
+        raise InvalidMessage(_TOO_DEEP) from None
     except msgspec.ValidationError as exc:
         # msgspec may refuse the object before it reaches trailing garbage ('{} junk')
         if not is_json(raw):
-            raise AGError("invalid_json", "frame is not valid JSON") from None
-        raise AGError("invalid_message", f"bad envelope: {exc}") from None
+            raise InvalidJson("frame is not valid JSON") from None
+        raise InvalidMessage(f"bad envelope: {exc}") from None
     except msgspec.DecodeError:
         syntax = json_syntax(raw)
         if syntax == "deep":
-            raise AGError("invalid_message", _TOO_DEEP) from None
+            raise InvalidMessage(_TOO_DEEP) from None
         if syntax == "ok":
-            raise AGError("invalid_message", "strings must not hold lone surrogates") from None
-        raise AGError("invalid_json", "frame is not valid JSON") from None
+            raise InvalidMessage("strings must not hold lone surrogates") from None
+        raise InvalidJson("frame is not valid JSON") from None
     decoder = _DATA[endpoint].get(env.type)
     if decoder is None:
-        raise AGError("unknown_type", f"unknown message type {env.type!r} on this endpoint")
+        raise UnknownType(f"unknown message type {env.type!r} on this endpoint")
     try:
         data = decoder.decode(env.data)
     except RecursionError:
-        raise AGError("invalid_message", _TOO_DEEP) from None
+        raise InvalidMessage(_TOO_DEEP) from None
     except msgspec.ValidationError as exc:
-        raise AGError("invalid_message", f"bad data for {env.type!r}: {exc}") from None
+        raise InvalidMessage(f"bad data for {env.type!r}: {exc}") from None
     except msgspec.DecodeError:  # only lone surrogates reach here: the envelope parsed
-        raise AGError("invalid_message", "strings must not hold lone surrogates") from None
+        raise InvalidMessage("strings must not hold lone surrogates") from None
     if isinstance(data, AuthData):
         data = AuthData(
             token=env.token if env.token is not None else data.token,
@@ -251,15 +251,16 @@ def encode_frame(
     )
 
 
-def error_frame(exc: AGError, timestamp: str, id: str | None = None) -> bytes:
-    """The error frame; never fails on what a client sent (an id or text that cannot be
-    encoded is left out), so no client input turns into ``internal``."""
+def error_frame(exc: BaseException, timestamp: str, id: str | None = None) -> bytes:
+    """The error frame for ``exc`` (``shared.errors.protocol`` names it); never fails on what a
+    client sent (an id or text that cannot be encoded is left out), so no client input turns
+    into ``internal``."""
+    err = protocol(exc)
     try:
-        return encode_frame("error", timestamp, exc.payload(), id=id, error=exc.message)
+        return encode_frame("error", timestamp, err.payload(), id=id, error=err.message)
     except UnicodeEncodeError:
-        message = exc.message.encode("utf-8", "replace").decode("utf-8")
-        payload = {"code": exc.code}
-        return encode_frame("error", timestamp, payload, error=message)
+        message = err.message.encode("utf-8", "replace").decode("utf-8")
+        return encode_frame("error", timestamp, {"code": err.code}, error=message)
 
 
 def encode(obj: Any) -> bytes:

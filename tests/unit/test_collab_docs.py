@@ -23,12 +23,11 @@ from shared.timefmt import now_ms
 from tests.bus_support import FaultyBus, Tap, lost_answer
 
 CTX, SESSION = "ctx", "s"
-NOW = now_ms()  # the store's dedup horizon is wall-clock time; the worker's clock starts here
 
 
 class Clock:
     def __init__(self) -> None:
-        self.now = NOW
+        self.now = now_ms()  # the store's dedup horizon is wall-clock time: start there
 
     def __call__(self) -> int:
         return self.now
@@ -40,7 +39,7 @@ def cmd(
     position: int,
     version: int,
     user: str = "alice",
-    deadline_ms: int = NOW + 5000,
+    deadline_ms: int | None = None,
     **kw: Any,
 ) -> EditCommand:
     return EditCommand(
@@ -52,7 +51,7 @@ def cmd(
         position=position,
         version=version,
         clientId=cid,
-        deadline=deadline_ms,
+        deadline=now_ms() + 5000 if deadline_ms is None else deadline_ms,
         **kw,
     )
 
@@ -204,7 +203,7 @@ async def test_an_expired_command_already_logged_is_broadcast_but_not_answered(
     kit: Harness,
 ) -> None:
     await crashed_before_broadcast(kit, cmd("e1", "insert", 0, 0, content="x"))
-    kit.clock.now = NOW + 10_000  # past the deadline when it comes back
+    kit.clock.now += 10_000  # past the deadline when it comes back
     await kit.service()
     await kit.tap.until(lambda: kit.edits() == [1])
     await kit.settled()
@@ -218,9 +217,10 @@ async def test_an_expired_command_already_logged_is_broadcast_but_not_answered(
 async def test_the_deadline_is_checked_after_waiting_for_the_document(kit: Harness) -> None:
     svc = await kit.service()
     async with svc.worker.holding((CTX, SESSION)):  # another command holds the document
-        await kit.send(cmd("d1", "insert", 0, 0, content="late", deadline_ms=NOW + 100))
+        late = kit.clock.now + 100
+        await kit.send(cmd("d1", "insert", 0, 0, content="late", deadline_ms=late))
         await kit.tap.until(lambda: bool(kit.bus._work) and kit.bus._work[0].deliveries > 0)
-        kit.clock.now = NOW + 300  # past the deadline while waiting
+        kit.clock.now += 300  # past the deadline while waiting
     await kit.settled()
     assert await kit.logged() == [] and kit.results() == [] and kit.edits() == []
 
@@ -236,7 +236,7 @@ async def test_the_append_gets_what_is_left_of_the_deadline(kit: Harness) -> Non
     kit.bus = Spy()
     await kit.tap.watch(kit.bus, subjects.gateway_replies("gw"))
     await kit.service()
-    await kit.send(cmd("t1", "insert", 0, 0, content="x", deadline_ms=NOW + 2000))
+    await kit.send(cmd("t1", "insert", 0, 0, content="x", deadline_ms=kit.clock.now + 2000))
     await kit.tap.until(lambda: len(kit.results()) == 1)
     assert timeouts == [2.0]
 

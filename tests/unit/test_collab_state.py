@@ -19,11 +19,11 @@ from services.collaboration.state import (
     DocState,
     Outcome,
     edit_frame_data,
-    refusal,
     snapshot_payload,
     snapshot_text,
 )
 from services.collaboration.store import edit_msg_id
+from shared.errors import protocol
 from shared.schemas.commands import EditCommand, Origin
 from shared.schemas.events import DocumentSnapshot, EditApplied, decode_event
 
@@ -89,14 +89,14 @@ def test_refused_edits_change_nothing_and_map_to_protocol_codes() -> None:
     for c, exc, code in bad:
         with pytest.raises(exc) as info:
             st.prepare(c, NOW)
-        assert refusal(info.value)[0] == code
+        assert protocol(info.value).code == code
     assert st.doc.content == "a😀b" and st.doc.version == 1
     with pytest.raises(VersionMismatch) as info:
         st.prepare(cmd("insert", 0, 9, content="x"), NOW)
-    assert refusal(info.value)[2] == {"version": 1}
+    assert protocol(info.value).data == {"version": 1}
     with pytest.raises(TooLarge) as big:
         st.prepare(cmd("insert", 0, 1, content="é" * 9), NOW)
-    assert refusal(big.value)[2] == {"limit": 8}
+    assert protocol(big.value).data == {"limit": 8}
 
 
 def test_an_edit_that_transforms_to_nothing_is_remembered_with_the_current_version() -> None:

@@ -105,9 +105,10 @@ def test_an_id_that_cannot_be_encoded_is_not_echoed() -> None:
 def test_an_error_frame_never_fails_on_client_text() -> None:
     import json
 
+    from shared.errors import InvalidMessage
     from shared.schemas.wire import error_frame
 
-    exc = AGError("invalid_message", "bad \ud800 text")
+    exc = InvalidMessage("bad \ud800 text")
     frame = json.loads(error_frame(exc, "2026-01-01T00:00:00.000Z", id="\udc00"))
     assert frame["data"] == {"code": "invalid_message"} and "id" not in frame
     assert frame["type"] == "error" and frame["error"].startswith("bad ")

@@ -1,49 +1,59 @@
-"""This gateway's side of NATS: live subscriptions per room, command results, heartbeats.
+"""Live frames from the bus to the sockets that want them: subscriptions per subject, fan-out.
 
-A gateway subscribes only to the rooms it has sockets in. A live frame arrives already encoded
-(the service encodes it once for every gateway); it is decoded to text once and the same string
-goes to every socket of the room.
+A gateway subscribes only to the subjects (chat rooms, metric streams, documents) it has
+receivers for. A live frame arrives already encoded (the service encodes it once for every
+gateway); it is decoded to text once and the same string is offered to every receiver, which
+filters it cheaply from the headers (``AG-Except-User``, ``AG-Except-Conn``, its own rules).
+
+Chat rooms (joined with ``log_subject``) keep their order here, on the path to the sockets: a
+frame's ``AG-Seq`` must be the next one handed out; an older one is dropped, and a jump is
+filled first from the log (``services/gateway/ordering.py``). The room is re-checked against the
+log when a chat service starts (``ag.ctl.chat.ready``) and when this gateway's connection to NATS
+comes back. A gap that cannot be filled closes the room's sockets with 1012.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import msgspec
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
+from typing import Protocol
 
 from services.gateway import metrics
-from services.gateway.connection import Conn
 from services.gateway.ordering import RoomOrder
-from shared import subjects
+from shared import subjects, tasks
+from shared.bus.port import Bus, Message, Subscription, Unavailable
 from shared.config import Settings
-from shared.errors import CLOSE_SERVICE_RESTART
-from shared.eventlog import LogUnavailable, decode_logged, last_on_subjects, read_subject
+from shared.eventlog import decode_logged
 from shared.logs import get_logger
-from shared.schemas.commands import CommandResult, Connection, GatewayHeartbeat
 from shared.schemas.events import ChatMessagePosted
-from shared.schemas.wire import encode, message_frame
+from shared.schemas.wire import message_frame
 
-__all__ = ["Accept", "Hub"]
+__all__ = ["FanOut", "Receiver"]
 
 log = get_logger(__name__)
 
 EXCEPT_USER = subjects.HDR_EXCEPT_USER
+EXCEPT_CONN = subjects.HDR_EXCEPT_CONN
 DROPPABLE = subjects.HDR_DROPPABLE
 SEQ = subjects.HDR_SEQ
 LOG_SEQ = subjects.HDR_LOG_SEQ
-_result_decoder = msgspec.json.Decoder(CommandResult)
 
-# A per-member filter on a live subject: (headers, frame text) -> deliver to this socket? It sees
-# the frame already decoded once for all members, so filtering never re-encodes per socket.
-Accept = Callable[[Mapping[str, str], str], bool]
+
+class Receiver(Protocol):
+    """Something that takes a subject's live frames for one socket."""
+
+    @property
+    def conn_id(self) -> str: ...
+    @property
+    def user_id(self) -> str: ...
+    def offer(
+        self, text: str, seq: int | None, droppable: bool, headers: Mapping[str, str]
+    ) -> None: ...
+    def break_stream(self, reason: str) -> None:
+        """The stream cannot be kept whole for this socket (it closes, 1012)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -52,101 +62,66 @@ class _Ordered:
     order: RoomOrder
 
 
-class Hub:
-    def __init__(self, settings: Settings, nc: NATS) -> None:
+class FanOut:
+    def __init__(self, settings: Settings, bus: Bus) -> None:
         self.settings = settings
-        self.nc = nc
-        self.gateway_id = uuid.uuid4().hex[:12]
-        self._rooms: defaultdict[str, set[Conn]] = defaultdict(set)
+        self.bus = bus
+        self._members: defaultdict[str, dict[tuple[str, int], Receiver]] = defaultdict(dict)
         self._subs: dict[str, Subscription] = {}
-        self._accept: dict[tuple[str, Conn], Accept] = {}
-        self._pending: dict[str, asyncio.Future[CommandResult]] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self.conns: set[Conn] = set()
-        self._reply_sub: Subscription | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
-        self._presence_seq = 0
         self._ordered: dict[str, _Ordered] = {}  # live subject -> its order (chat rooms)
         self._ready_sub: Subscription | None = None
         self._resync: asyncio.Task[None] | None = None
         self._resync_again = False
 
-    def next_presence_seq(self) -> int:
-        self._presence_seq += 1
-        return self._presence_seq
-
     async def start(self) -> None:
-        self._reply_sub = await self.nc.subscribe(
-            subjects.gateway_replies(self.gateway_id), cb=self._on_result
-        )
-        self._ready_sub = await self.nc.subscribe(subjects.CHAT_READY, cb=self._on_chat_ready)
-        self._heartbeat = asyncio.create_task(self._beat(), name="gateway-heartbeat")
-
-    async def _on_chat_ready(self, msg: Msg) -> None:
-        self.resync()
+        self._ready_sub = await self.bus.subscribe(subjects.CHAT_READY, self._on_chat_ready)
+        self.bus.on_reconnect(self._reconnected)
 
     async def stop(self) -> None:
-        for task in (self._heartbeat, self._resync):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        if self._ready_sub is not None:
-            await self._ready_sub.unsubscribe()
-        if self.nc.is_connected:
-            await self.nc.publish(
-                subjects.GATEWAY_HEARTBEAT,
-                encode(GatewayHeartbeat(self.gateway_id, [], final=True)),
-            )
-        for sub in list(self._subs.values()):
+        await tasks.stop([self._resync])
+        for sub in [*self._subs.values(), *([self._ready_sub] if self._ready_sub else [])]:
             await sub.unsubscribe()
         self._subs.clear()
-        if self._reply_sub:
-            await self._reply_sub.unsubscribe()
 
-    # --- rooms ----------------------------------------------------------------------------
-    async def join(
-        self,
-        subject: str,
-        conn: Conn,
-        accept: Accept | None = None,
-        log_subject: str | None = None,
-    ) -> None:
-        """Add ``conn`` to the live ``subject``. With ``log_subject`` (chat), frames carrying a
-        seq are delivered in order and gaps are filled from that subject of the log."""
+    # --- membership -----------------------------------------------------------------------
+    async def join(self, subject: str, receiver: Receiver, log_subject: str | None = None) -> None:
+        """Offer ``subject``'s frames to ``receiver``. With ``log_subject`` (chat), frames with a
+        seq are handed out in order and gaps are filled from that subject of the log."""
         async with self._locks[subject]:
-            self._rooms[subject].add(conn)
-            if accept is not None:
-                self._accept[(subject, conn)] = accept
+            self._members[subject][(receiver.conn_id, id(receiver))] = receiver
             if subject not in self._subs:
-                self._subs[subject] = await self.nc.subscribe(subject, cb=self._on_live)
+                self._subs[subject] = await self.bus.subscribe(subject, self._on_live)
                 if log_subject is not None:
                     # Subscribed first, then where the log stands: nothing falls in between.
-                    self._ordered[subject] = _Ordered(
-                        log_subject, await self._baseline(log_subject)
-                    )
+                    order = await self._baseline(log_subject)
+                    self._ordered[subject] = _Ordered(log_subject, order)
 
-    async def leave(self, subject: str, conn: Conn) -> None:
+    async def leave(self, subject: str, receiver: Receiver) -> None:
         async with self._locks[subject]:
-            self._accept.pop((subject, conn), None)
-            members = self._rooms.get(subject)
+            members = self._members.get(subject)
             if members is None:
                 return
-            members.discard(conn)
+            members.pop((receiver.conn_id, id(receiver)), None)
             if not members:
-                del self._rooms[subject]
+                del self._members[subject]
                 self._ordered.pop(subject, None)
                 sub = self._subs.pop(subject, None)
                 if sub is not None:
                     await sub.unsubscribe()
 
-    def members(self, subject: str) -> set[Conn]:
-        return self._rooms.get(subject, set())
+    def receivers(self, subject: str) -> list[Receiver]:
+        return list(self._members.get(subject, {}).values())
 
-    async def _on_live(self, msg: Msg) -> None:
-        members = self._rooms.get(msg.subject)
-        if not members:
+    @property
+    def subjects(self) -> int:
+        return len(self._subs)
+
+    # --- delivery -------------------------------------------------------------------------
+    async def _on_live(self, msg: Message) -> None:
+        if not self._members.get(msg.subject):
             return
-        headers = msg.headers or {}
+        headers = msg.headers
         text = msg.data.decode()  # once per broadcast, not per socket
         seq = int(headers[SEQ]) if SEQ in headers else None
         ordered = self._ordered.get(msg.subject) if seq is not None else None
@@ -160,28 +135,27 @@ class Hub:
     def _fan_out(
         self, subject: str, text: str, headers: Mapping[str, str], seq: int | None
     ) -> None:
-        members = self._rooms.get(subject)
+        members = self._members.get(subject)
         if not members:
             return
         except_user = headers.get(EXCEPT_USER)
+        except_conn = headers.get(EXCEPT_CONN)
         droppable = DROPPABLE in headers
         sent = 0
-        filters = self._accept
-        for conn in members:
-            if except_user is not None and conn.user_id == except_user:
+        for receiver in list(members.values()):
+            if except_user is not None and receiver.user_id == except_user:
                 continue
-            accept = filters.get((subject, conn)) if filters else None
-            if accept is not None and not accept(headers, text):
+            if except_conn is not None and receiver.conn_id == except_conn:
                 continue
-            conn.push(text, droppable=droppable, seq=seq)
+            receiver.offer(text, seq, droppable, headers)
             sent += 1
         metrics.BROADCAST_FANOUT.observe(sent)
 
     # --- ordered rooms (chat) -------------------------------------------------------------
     async def _baseline(self, log_subject: str) -> RoomOrder:
         try:
-            last = (await last_on_subjects(self.nc, [log_subject])).get(log_subject)
-        except LogUnavailable as exc:  # the first frame sets it instead
+            last = (await self.bus.last([log_subject])).get(log_subject)
+        except Unavailable as exc:  # the first frame sets it instead
             log.warning("room position unknown", extra={"error": str(exc)})
             return RoomOrder()
         if last is None:
@@ -234,8 +208,8 @@ class Hub:
             extra={"subject": subject, "from": order.last, "to": upto, "missing": need},
         )
         metrics.ORDER.labels("broken").inc()
-        for conn in list(self._rooms.get(subject, ())):
-            conn.close(CLOSE_SERVICE_RESTART, "message stream interrupted; reconnect with lastSeq")
+        for receiver in self.receivers(subject):
+            receiver.break_stream("message stream interrupted; reconnect with lastSeq")
         return False
 
     async def _read_gap(
@@ -250,8 +224,8 @@ class Hub:
         start = order.log_seq + 1
         try:
             while len(found) < len(want):
-                entries = await read_subject(
-                    self.nc, ordered.log_subject, start, limit=len(want) - len(found)
+                entries = await self.bus.read(
+                    ordered.log_subject, start, limit=len(want) - len(found)
                 )
                 if not entries:
                     break
@@ -260,10 +234,17 @@ class Hub:
                     if isinstance(ev, ChatMessagePosted) and order.last < ev.seq < upto:
                         found.append((ev, entry.seq))
                 start = entries[-1].seq + 1
-        except LogUnavailable as exc:
+        except Unavailable as exc:
             log.warning("gap fill failed", extra={"error": str(exc)})
             return None
         return found if [ev.seq for ev, _ in found] == want else None
+
+    async def _on_chat_ready(self, msg: Message) -> None:
+        self.resync()
+
+    async def _reconnected(self) -> None:
+        # Live frames published while the link was down are lost: read them from the log.
+        self.resync()
 
     def resync(self) -> None:
         """Check every ordered room against the log now (after a reconnect to NATS, or when a
@@ -271,7 +252,7 @@ class Hub:
         if self._resync is not None and not self._resync.done():
             self._resync_again = True
             return
-        self._resync = asyncio.create_task(self._resync_rooms(), name="hub-resync")
+        self._resync = asyncio.create_task(self._resync_rooms(), name="fanout-resync")
 
     async def _resync_rooms(self) -> None:
         while True:
@@ -280,7 +261,7 @@ class Hub:
                 try:
                     await self._resync_once()
                     break
-                except LogUnavailable as exc:
+                except Unavailable as exc:
                     log.warning("room resync failed; retrying", extra={"error": str(exc)})
                     await asyncio.sleep(min(0.25 * (attempt + 1), 2.0))
             if not self._resync_again:
@@ -290,7 +271,7 @@ class Hub:
         rooms = {s: o.log_subject for s, o in self._ordered.items()}
         if not rooms:
             return
-        lasts = await last_on_subjects(self.nc, list(rooms.values()))
+        lasts = await self.bus.last(list(rooms.values()))
         for subject, log_subject in rooms.items():
             last = lasts.get(log_subject)
             ev = decode_logged(last.data, last.seq, log_subject, "gateway") if last else None
@@ -303,56 +284,3 @@ class Hub:
                 if ordered.order.check(ev.seq) != "old":
                     metrics.ORDER.labels("resynced").inc()
                     await self._fill(subject, ordered, ev.seq + 1)
-
-    async def broadcast(
-        self, subject: str, frame: bytes, *, except_user: str | None = None, droppable: bool = False
-    ) -> None:
-        headers: dict[str, str] = {}
-        if except_user is not None:
-            headers[EXCEPT_USER] = except_user
-        if droppable:
-            headers[DROPPABLE] = "1"
-        await self.nc.publish(subject, frame, headers=headers or None)
-
-    # --- commands -------------------------------------------------------------------------
-    def expect(self, request_id: str) -> asyncio.Future[CommandResult]:
-        fut: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = fut
-        return fut
-
-    def forget(self, request_id: str) -> None:
-        self._pending.pop(request_id, None)
-
-    async def _on_result(self, msg: Msg) -> None:
-        try:
-            result = _result_decoder.decode(msg.data)
-        except msgspec.DecodeError:
-            log.error("undecodable command result")
-            return
-        fut = self._pending.pop(result.requestId, None)
-        if fut is not None and not fut.done():
-            fut.set_result(result)
-
-    # --- presence heartbeats --------------------------------------------------------------
-    def presence_conns(self) -> list[Connection]:
-        return [
-            conn.ref()
-            for conn in self.conns
-            if conn.endpoint == "chat" and conn.identity and conn.context_id and conn.present
-        ]
-
-    async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_s)  # a periodic timer
-            if not self.nc.is_connected:
-                continue
-            hb = GatewayHeartbeat(
-                self.gateway_id, self.presence_conns(), seq=self.next_presence_seq()
-            )
-            try:
-                await self.nc.publish(subjects.GATEWAY_HEARTBEAT, encode(hb))
-            except Exception as exc:
-                log.warning("heartbeat failed", extra={"error": repr(exc)})
-
-    def stats(self) -> dict[str, Any]:
-        return {"rooms": len(self._rooms), "connections": len(self.conns)}

@@ -28,7 +28,7 @@ from services.analytics import metrics
 from services.analytics.projection import Projector
 from services.analytics.store import Store
 from shared import subjects
-from shared.natsio import connect_once
+from shared.bus.nats import connect_once
 from shared.schemas.analytics import CurrentReply, CurrentRequest, QueryReply, QueryRequest
 from shared.schemas.wire import encode
 

@@ -120,15 +120,17 @@ Ctrl-C stops everything.
 
 async def _unready(nats_url: str, names: set[str]) -> set[str]:
     """The services among ``names`` that do not answer their readiness probe yet."""
-    from shared.natsio import NatsUnreachable, connect_once
+    from shared.bus.nats import NatsBus, NatsUnreachable, connect_once
+    from shared.config import load_settings
     from shared.probes import service_ready
 
     try:
         nc = await connect_once(nats_url, "atomic-guide-up", timeout=1.0)
     except NatsUnreachable:
         return names
+    bus = NatsBus(load_settings({}), nc)
     try:
-        return {n for n in names if not await service_ready(nc, n, timeout=0.5)}
+        return {n for n in names if not await service_ready(bus, n, timeout=0.5)}
     finally:
         await nc.close()
 
@@ -143,7 +145,7 @@ def _http_ok(url: str) -> bool:
 
 def _url(settings: Any) -> str:
     """The NATS URL a command should use, or a clear stop when there is none."""
-    from shared.natsio import NatsUnreachable
+    from shared.bus.nats import NatsUnreachable
 
     if not settings.nats_url:
         where = settings.data_dir.resolve()
@@ -153,7 +155,7 @@ def _url(settings: Any) -> str:
 
 async def _provision(settings: Any) -> None:
     from ops.streams import ensure_streams
-    from shared.natsio import connect_once
+    from shared.bus.nats import connect_once
 
     nc = await connect_once(_url(settings), "atomic-guide-provision")
     try:
@@ -198,7 +200,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_streams(args: argparse.Namespace) -> int:
     from ops.stack import resolve_settings
     from ops.streams import describe_streams
-    from shared.natsio import connect_once
+    from shared.bus.nats import connect_once
 
     settings = resolve_settings(data_dir=args.data_dir)
 
@@ -279,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from ops.datadir import DataDirInUse
-    from shared.natsio import NatsUnreachable
+    from shared.bus.nats import NatsUnreachable
 
     args = build_parser().parse_args(argv)
     try:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import msgspec
-from nats.aio.client import Client as NATS
 
 from shared import subjects
+from shared.bus.port import Bus, Unavailable
 from shared.schemas.analytics import CurrentRequest
 from shared.schemas.commands import CollabSnapshotRequest, HistoryRequest
 from shared.schemas.wire import encode
@@ -28,13 +28,13 @@ PROBES: dict[str, tuple[str, bytes]] = {
 }
 
 
-async def service_ready(nc: NATS, name: str, timeout: float = 1.0) -> bool:
+async def service_ready(bus: Bus, name: str, timeout: float = 1.0) -> bool:
     """True once ``name`` answers its probe (services without a probe count as ready)."""
     probe = PROBES.get(name)
     if probe is None:
         return True
     try:
-        await nc.request(probe[0], probe[1], timeout=timeout)
-    except Exception:
+        await bus.request(probe[0], probe[1], timeout=timeout)
+    except Unavailable:
         return False
     return True

@@ -295,6 +295,13 @@ def _unmodelled(value: Any, info: Any, path: str) -> list[str]:
     return []
 
 
+async def log_entries(nc: Any, subject: str, start: int = 1) -> list[Any]:
+    """The log's entries on ``subject`` (``Entry``: seq, subject, data), read over ``nc``."""
+    from shared.bus.nats import NatsBus
+
+    return await NatsBus(load_settings({}), nc).read(subject, start)
+
+
 class Client:
     """A real WebSocket client that reads frames by type, keeping the others for later."""
 

@@ -315,8 +315,8 @@ async def test_joins_and_leaves_are_logged_as_events(collab: Stack) -> None:
     import nats
 
     from shared import subjects
-    from shared.natsio import replay
     from shared.schemas.events import decode_event
+    from tests.helpers import log_entries
 
     c = ctx()
     a = await connect(collab, "alice", c)
@@ -332,9 +332,7 @@ async def test_joins_and_leaves_are_logged_as_events(collab: Stack) -> None:
         while time.monotonic() < deadline:
             kinds = [
                 type(decode_event(m.data)).__name__
-                async for m in replay(
-                    nc.jetstream(), subjects.EVENTS_STREAM, subjects.collab_presence(c, "log")
-                )
+                for m in await log_entries(nc, subjects.collab_presence(c, "log"))
             ]
             if len(kinds) >= 2:
                 break

@@ -11,9 +11,8 @@ import nats
 import pytest
 
 from shared import subjects
-from shared.natsio import replay, stream_seq
 from shared.schemas.events import DocumentSnapshot, EditApplied, decode_event
-from tests.helpers import Client, Stack, start_service_ready, token
+from tests.helpers import Client, Stack, log_entries, start_service_ready, token
 
 pytestmark = pytest.mark.integration
 
@@ -100,16 +99,14 @@ async def delete_edits_up_to(stack: Stack, context: str, version: int) -> list[D
         js = nc.jetstream()
         snaps = [
             ev
-            async for m in replay(
-                js, subjects.EVENTS_STREAM, subjects.collab_snapshots(context, "s")
-            )
+            for m in await log_entries(nc, subjects.collab_snapshots(context, "s"))
             if isinstance(ev := decode_event(m.data), DocumentSnapshot)
         ]
-        async for m in replay(js, subjects.EVENTS_STREAM, subjects.collab_edits(context, "s")):
+        for m in await log_entries(nc, subjects.collab_edits(context, "s")):
             ev = decode_event(m.data)
             assert isinstance(ev, EditApplied)
             if ev.version <= version:
-                await js.delete_msg(subjects.EVENTS_STREAM, stream_seq(m))
+                await js.delete_msg(subjects.EVENTS_STREAM, m.seq)
         return snaps
     finally:
         await nc.close()

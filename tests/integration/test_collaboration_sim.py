@@ -24,10 +24,9 @@ import websockets
 
 from ops.bench.collab import Editor, op_of, random_op
 from shared import subjects
-from shared.natsio import replay
 from shared.schemas.events import EditApplied, decode_event
 from tests.conftest import T
-from tests.helpers import Stack, token
+from tests.helpers import Stack, log_entries, token
 
 pytestmark = pytest.mark.integration
 
@@ -152,7 +151,7 @@ async def logged_edits(stack: Stack, context: str, session: str) -> list[EditApp
     try:
         subject = subjects.collab_edits(context, session)
         out = []
-        async for msg in replay(nc.jetstream(), subjects.EVENTS_STREAM, subject):
+        for msg in await log_entries(nc, subject):
             ev = decode_event(msg.data)
             assert isinstance(ev, EditApplied)
             out.append(ev)

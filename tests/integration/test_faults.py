@@ -30,8 +30,9 @@ import pytest
 from atomic_guide_client import CollaborationClient
 
 from shared import subjects
-from shared.eventlog import decode_logged, read_subject
-from shared.natsio import connect_once
+from shared.bus.nats import NatsBus, connect_once
+from shared.config import load_settings
+from shared.eventlog import decode_logged
 from shared.schemas.events import ChatMessagePosted, EditApplied
 from tests.conftest import T
 from tests.helpers import ROOT, token
@@ -103,7 +104,7 @@ class Editors:
 async def logged(stack: UpStack, subject: str) -> list[Any]:
     nc = await connect_once(stack.nats_url(), "fault-test", timeout=T(5))
     try:
-        entries = await read_subject(nc, subject, timeout=T(10))
+        entries = await NatsBus(load_settings({}), nc).read(subject, timeout=T(10))
     finally:
         await nc.close()
     return [decode_logged(e.data, e.seq, e.subject, "test") for e in entries]

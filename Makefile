@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install up test test-containers check fmt lint typecheck bench clean
+.PHONY: install up test test-containers check fmt lint typecheck bench docs clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ fmt: $(STAMP)
 # Container tests alone: installs Docker if missing, starts dockerd, prepares images offline.
 test-containers: $(STAMP)
 	bash ops/images/ci-containers.sh
+
+# The AsyncAPI document and frame JSON Schemas, generated from the frame Structs (a test checks).
+docs: $(STAMP)
+	$(PY) -m ops.asyncapi
 
 bench: $(STAMP)
 	$(VENV)/bin/atomic-guide bench chat

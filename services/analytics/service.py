@@ -46,8 +46,8 @@ from shared.schemas.analytics import (
     CurrentRequest,
     QueryReply,
     QueryRequest,
-    metric_update_data,
 )
+from shared.schemas.frames import MetricUpdateData
 from shared.schemas.wire import encode_frame
 from shared.timefmt import ms_to_ts, now_ms
 
@@ -243,7 +243,7 @@ class AnalyticsService:
     async def _publish(
         self, ctx: str, metric: str, value: dict[str, Any], stamp: str, version: int
     ) -> None:
-        frame = encode_frame("metric_update", stamp, metric_update_data(metric, value, stamp))
+        frame = encode_frame("metric_update", stamp, MetricUpdateData(metric, value, stamp))
         headers = {subjects.HDR_METRIC: metric, subjects.HDR_VERSION: str(version)}
         try:
             await self.bus.publish(subjects.metrics_live(ctx), frame, headers)

@@ -39,7 +39,8 @@ from shared.schemas.commands import (
     PresenceReply,
 )
 from shared.schemas.events import ChatMessagePosted, UserJoined, UserLeft, encode_event
-from shared.schemas.wire import encode, encode_frame, message_frame, message_wire
+from shared.schemas.frames import UserData, message_data
+from shared.schemas.wire import encode, encode_frame, message_frame
 from shared.timefmt import ms_to_ts, now_ms
 from shared.worker import CommandWorker, Decision
 
@@ -194,12 +195,12 @@ class ChatService:
         limit = self.bus.max_payload - 4096  # what one reply may carry, headers aside
         if req.afterSeq is not None:
             events, truncated = room.after(req.afterSeq, req.cap)
-            body = encode(HistoryReply([message_wire(e) for e in events], lastSeq=room.seq))
+            body = encode(HistoryReply([message_data(e) for e in events], lastSeq=room.seq))
             if len(body) > limit or truncated:  # never a partial replay: say truncated
                 body = encode(HistoryReply([], truncated=True, lastSeq=room.seq))
         else:
             events, more = room.history(req.limit, req.beforeMs, req.beforeSeq)
-            wire = [message_wire(e) for e in events]
+            wire = [message_data(e) for e in events]
             body = encode(HistoryReply(wire, hasMore=more, lastSeq=room.seq))
             while len(body) > limit and wire:  # keep the newest that fit; the rest is hasMore
                 wire = wire[max(1, len(wire) // 4) :]
@@ -223,7 +224,8 @@ class ChatService:
                 lambda: self.presence.close(gw, conn.connectionId), self._announce
             )
         if msg.reply:
-            await msg.respond(encode(PresenceReply(self.presence.users(conn.contextId))))
+            users = [UserData(**u) for u in self.presence.users(conn.contextId)]
+            await msg.respond(encode(PresenceReply(users)))
 
     async def _on_heartbeat(self, msg: Message) -> None:
         try:
@@ -249,9 +251,7 @@ class ChatService:
             )
         except Unavailable as exc:
             log.warning("presence event not logged", extra={"error": str(exc)})
-        frame = encode_frame(
-            "user_" + ch.kind, ms_to_ts(ts), {"userId": ch.user_id, "username": ch.user_name}
-        )
+        frame = encode_frame("user_" + ch.kind, ms_to_ts(ts), UserData(ch.user_id, ch.user_name))
         try:
             await self.bus.publish(
                 subjects.chat_live(ch.context_id),

@@ -32,7 +32,7 @@ from shared.timefmt import ms_to_ts, now_ms
 from shared.worker import Decision
 
 from .ot_errors import OTError
-from .state import DocState, Outcome, edit_frame_data
+from .state import DocState, Outcome, edit_data
 from .store import DocStore, edit_msg_id
 
 __all__ = ["CollabDocs", "DocKey", "decide"]
@@ -149,7 +149,7 @@ class CollabDocs:
             await self._snapshot(state)
 
     async def _broadcast(self, ev: EditApplied, sender: str) -> None:
-        frame = encode_frame("edit", ms_to_ts(ev.ts), edit_frame_data(ev))
+        frame = encode_frame("edit", ms_to_ts(ev.ts), edit_data(ev))
         headers = {subjects.HDR_SEQ: str(ev.version), subjects.HDR_EXCEPT_CONN: sender}
         await self.bus.publish(subjects.collab_live(ev.contextId, ev.sessionId), frame, headers)
 

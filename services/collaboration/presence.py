@@ -28,6 +28,7 @@ from shared.schemas.events import (
     ParticipantJoined,
     ParticipantLeft,
 )
+from shared.schemas.frames import ParticipantJoinedData, ParticipantLeftData
 from shared.schemas.wire import encode_frame
 from shared.timefmt import ms_to_ts, now_ms
 
@@ -124,7 +125,7 @@ class PresenceKeeper:
         """Log a join/leave, then tell the session's other users."""
         ts = now_ms()
         ev: ParticipantJoined | ParticipantLeft
-        data = {"sessionId": ch.session_id, "userId": ch.user_id, "username": ch.user_name}
+        data: ParticipantJoinedData | ParticipantLeftData
         if ch.kind == "joined":
             ev = ParticipantJoined(
                 contextId=ch.context_id,
@@ -134,7 +135,7 @@ class PresenceKeeper:
                 userName=ch.user_name,
                 role=ch.role,
             )
-            data["role"] = ch.role
+            data = ParticipantJoinedData(ch.session_id, ch.user_id, ch.user_name, ch.role)
         else:
             ev = ParticipantLeft(
                 contextId=ch.context_id,
@@ -143,6 +144,7 @@ class PresenceKeeper:
                 userId=ch.user_id,
                 userName=ch.user_name,
             )
+            data = ParticipantLeftData(ch.session_id, ch.user_id, ch.user_name)
         try:
             await self.store.append_presence(ev)
         except Unavailable as exc:

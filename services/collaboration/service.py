@@ -51,6 +51,7 @@ from shared.schemas.commands import (
     CollabRequest,
     CollabSnapshotRequest,
 )
+from shared.schemas.frames import ParticipantData
 from shared.timefmt import now_ms
 from shared.worker import CommandWorker
 
@@ -153,7 +154,11 @@ class CollabService:
     async def _read(self, ctx: str, session: str, participants: bool = True) -> CollabReply:
         async with self.worker.holding((ctx, session)) as state:
             content, version = state.doc.content, state.doc.version
-        people = self.presence.members(ctx, session) if participants else []
+        people = (
+            [ParticipantData(**p) for p in self.presence.members(ctx, session)]
+            if participants
+            else []
+        )
         return CollabReply(content=content, version=version, participants=people)
 
     # --- housekeeping ---------------------------------------------------------------------

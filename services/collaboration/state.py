@@ -24,8 +24,11 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from shared.schemas.commands import EditCommand, command_key
 from shared.schemas.events import DocumentSnapshot, EditApplied, dedup_key, encode_event
+from shared.schemas.frames import Author, EditData
 
 from .document import Document
 from .ot import Delete, Insert, Op
@@ -36,6 +39,7 @@ __all__ = [
     "BadEdit",
     "DocState",
     "Outcome",
+    "edit_data",
     "edit_frame_data",
     "snapshot_payload",
     "snapshot_text",
@@ -68,19 +72,23 @@ class _Seen:
     sent: bool = False  # all of them were broadcast by this process
 
 
-def edit_frame_data(ev: EditApplied) -> dict[str, Any]:
+def edit_data(ev: EditApplied) -> EditData:
     """The ``edit`` broadcast for one logged part: a delete carries no text, only its length."""
-    data: dict[str, Any] = {
-        "sessionId": ev.sessionId,
-        "operation": ev.operation,
-        "position": ev.position,
-        "length": ev.length,
-        "version": ev.version,
-        "author": {"id": ev.userId, "name": ev.userName},
-    }
-    if ev.operation == "insert":
-        data["content"] = ev.content
-    return data
+    return EditData(
+        sessionId=ev.sessionId,
+        operation=ev.operation,
+        position=ev.position,
+        length=ev.length,
+        version=ev.version,
+        author=Author(ev.userId, ev.userName),
+        content=ev.content if ev.operation == "insert" else None,
+    )
+
+
+def edit_frame_data(ev: EditApplied) -> dict[str, Any]:
+    """``edit_data`` as JSON values."""
+    out: dict[str, Any] = msgspec.to_builtins(edit_data(ev))
+    return out
 
 
 def _op(ev: EditApplied) -> Op:

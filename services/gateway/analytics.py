@@ -27,8 +27,9 @@ from shared.bus.port import Bus, Unavailable
 from shared.config import Settings
 from shared.errors import CLOSE_TRY_AGAIN, ServiceUnavailable, UnknownType
 from shared.logs import get_logger
-from shared.schemas.analytics import CurrentReply, CurrentRequest, metric_update_data
-from shared.schemas.wire import ClientFrame, MetricsIn, encode, encode_frame
+from shared.schemas.analytics import CurrentReply, CurrentRequest
+from shared.schemas.frames import MetricsData, MetricUpdateData
+from shared.schemas.wire import ClientFrame, MetricName, MetricsIn, encode, encode_frame
 from shared.timefmt import ms_to_ts
 
 __all__ = ["AnalyticsEndpoint", "MetricsMember"]
@@ -109,13 +110,13 @@ class AnalyticsEndpoint:
     def handle(self, authed: Authed, frame: ClientFrame) -> Handled:
         if not isinstance(frame.data, MetricsIn):
             raise UnknownType(f"{frame.type!r} is not handled here")
-        metrics: list[str] = list(dict.fromkeys(frame.data.metrics))
+        metrics: list[MetricName] = list(dict.fromkeys(frame.data.metrics))
         member = self.members[authed.id]
         if frame.type == "unsubscribe":
             for m in metrics:
                 member.generation[m] += 1  # an in-flight subscribe of m must not activate it
                 member.live.discard(m)
-            return frame_text("unsubscribed", {"metrics": metrics}, id=frame.id)
+            return frame_text("unsubscribed", MetricsData(metrics), id=frame.id)
         for m in metrics:
             member.gate(m).hold()  # now, in frame order: until the reply is queued
         generations = {m: member.generation[m] for m in metrics}
@@ -125,8 +126,8 @@ class AnalyticsEndpoint:
         self,
         member: MetricsMember,
         frame: ClientFrame,
-        metrics: list[str],
-        generations: dict[str, int],
+        metrics: list[MetricName],
+        generations: dict[MetricName, int],
     ) -> Reply:
         ctx = member.authed.context_id
         try:
@@ -145,16 +146,16 @@ class AnalyticsEndpoint:
                 gate = member.gates[m]
                 if member.generation[m] == generations[m] and m in values:
                     member.live.add(m)
-                    data = metric_update_data(m, values[m], stamp)
+                    data = MetricUpdateData(m, values[m], stamp)
                     member.authed.push(encode_frame("metric_update", stamp, data).decode())
                     gate.release(current.version)
                 else:  # unsubscribed meanwhile: what was kept for it goes nowhere
                     gate.release(discard=True)
 
-        return Reply(frame_text("subscribed", {"metrics": metrics}, id=frame.id), activate)
+        return Reply(frame_text("subscribed", MetricsData(metrics), id=frame.id), activate)
 
-    async def _current(self, context_id: str, metrics: list[str]) -> CurrentReply:
-        req = CurrentRequest(contextIds=[context_id], metrics=metrics)  # type: ignore[arg-type]
+    async def _current(self, context_id: str, metrics: list[MetricName]) -> CurrentReply:
+        req = CurrentRequest(contextIds=[context_id], metrics=metrics)
         try:
             raw = await self.bus.request(
                 subjects.RPC_METRICS_CURRENT, encode(req), timeout=self.settings.command_timeout_s

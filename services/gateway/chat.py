@@ -44,6 +44,14 @@ from shared.schemas.commands import (
     PresenceChange,
     PresenceReply,
 )
+from shared.schemas.frames import (
+    ChatAckData,
+    HistoryData,
+    PresenceData,
+    RecoveredData,
+    TypingData,
+    UserData,
+)
 from shared.schemas.wire import ChatMessageIn, ClientFrame, HistoryIn, TypingIn, encode
 from shared.timefmt import parse_ts
 
@@ -127,7 +135,7 @@ class ChatEndpoint:
         await self.fanout.join(subjects.chat_live(ctx), member, subjects.chat_messages(ctx))
         users = await self._presence_open(member)
         await authed.reply(connected_text(authed))
-        await authed.reply(frame_text("presence", {"users": users}))
+        await authed.reply(frame_text("presence", PresenceData(users)))
         replayed = last_seq
         if last_seq is not None:
             replayed = await self._recover(authed, last_seq)
@@ -137,7 +145,7 @@ class ChatEndpoint:
                 return
         await authed.reply(Reply(None, lambda: member.gate.release(replayed)))
 
-    async def _presence_open(self, member: ChatMember) -> list[dict[str, str]]:
+    async def _presence_open(self, member: ChatMember) -> list[UserData]:
         authed = member.authed
         member.present = True
         change = PresenceChange(
@@ -153,7 +161,7 @@ class ChatEndpoint:
             log.warning("presence unavailable", extra={"error": repr(exc)})
             room = self.fanout.receivers(subjects.chat_live(authed.context_id))
             mine = {r.user_id: r.authed.user_name for r in room if isinstance(r, ChatMember)}
-            return [{"userId": u, "username": n} for u, n in sorted(mine.items())]
+            return [UserData(u, n) for u, n in sorted(mine.items())]
 
     async def _recover(self, authed: Authed, last_seq: int) -> int | None:
         """Replay what the socket missed; the last seq replayed, or None when that failed."""
@@ -164,12 +172,12 @@ class ChatEndpoint:
             await authed.reply(error_text(exc))
             return None
         if reply.truncated:
-            await authed.reply(frame_text("recovered", {"count": 0, "truncated": True}))
+            await authed.reply(frame_text("recovered", RecoveredData(0, truncated=True)))
             return reply.lastSeq
         for m in reply.messages:
             await authed.reply(frame_text("message", m))
-        await authed.reply(frame_text("recovered", {"count": len(reply.messages)}))
-        return reply.messages[-1]["seq"] if reply.messages else last_seq
+        await authed.reply(frame_text("recovered", RecoveredData(len(reply.messages))))
+        return reply.messages[-1].seq if reply.messages else last_seq
 
     async def on_close(self, authed: Authed) -> None:
         ctx, user = authed.context_id, authed.user_id
@@ -219,7 +227,7 @@ class ChatEndpoint:
         )
         if frame.id is None:
             return None
-        return frame_text("ack", ok, id=frame.id)
+        return frame_text("ack", ChatAckData(ok["messageId"], ok["seq"]), id=frame.id)
 
     async def _typing(self, authed: Authed, data: TypingIn) -> None:
         """No reply; runs in the frame's reply slot so typing frames keep their order."""
@@ -228,7 +236,7 @@ class ChatEndpoint:
             await self._typing_broadcast(ctx, user, name, data.isTyping)
 
     async def _typing_broadcast(self, ctx: str, user: str, name: str, typing: bool) -> None:
-        frame = frame_text("typing", {"userId": user, "username": name, "isTyping": typing})
+        frame = frame_text("typing", TypingData(user, name, typing))
         headers = {subjects.HDR_EXCEPT_USER: user, subjects.HDR_DROPPABLE: "1"}
         await self.bus.publish(subjects.chat_live(ctx), frame.encode(), headers)
 
@@ -250,9 +258,7 @@ class ChatEndpoint:
                 raise InvalidMessage("before must be an ISO 8601 timestamp") from None
         req = HistoryRequest(authed.context_id, data.limit, before_ms, data.beforeSeq)
         reply = await self._history_rpc(req)
-        return frame_text(
-            "history", {"messages": reply.messages, "hasMore": reply.hasMore}, id=frame.id
-        )
+        return frame_text("history", HistoryData(reply.messages, reply.hasMore), id=frame.id)
 
     async def _history_rpc(self, req: HistoryRequest) -> HistoryReply:
         try:

@@ -69,6 +69,14 @@ from shared.schemas.commands import (
     Origin,
     SessionMember,
 )
+from shared.schemas.frames import (
+    CursorData,
+    DocumentData,
+    EditAckData,
+    SessionJoinedData,
+    SessionRefData,
+    SnapshotData,
+)
 from shared.schemas.wire import ClientFrame, CursorIn, EditIn, JoinSessionIn, SessionRefIn
 
 __all__ = ["CollaborationEndpoint"]
@@ -194,17 +202,15 @@ class CollaborationEndpoint:
             raise
         member.covered(reply.version)
         member.joined = True
-        data = {
-            "sessionId": member.session_id,
-            "document": {"content": reply.content, "version": reply.version},
-            "participants": reply.participants,
-        }
+        data = SessionJoinedData(
+            member.session_id, DocumentData(reply.content, reply.version), reply.participants
+        )
         text = frame_text("session_joined", data, id=frame.id)
         return Reply(text, lambda: member.gate.release(reply.version))
 
     async def _leave(self, frame: ClientFrame, member: Member) -> str:
         await self._drop(member)
-        return frame_text("session_left", {"sessionId": member.session_id}, id=frame.id)
+        return frame_text("session_left", SessionRefData(member.session_id), id=frame.id)
 
     def _snapshot(self, frame: ClientFrame, member: Member) -> Handled:
         member.gate.hold()  # now, in frame order: until the reply is queued (it releases)
@@ -222,7 +228,7 @@ class CollaborationEndpoint:
             member.gate.release()
             raise
         member.covered(reply.version)
-        data = {"sessionId": member.session_id, "content": reply.content, "version": reply.version}
+        data = SnapshotData(member.session_id, reply.content, reply.version)
         text = frame_text("snapshot", data, id=frame.id)
         return Reply(text, lambda: member.gate.release(reply.version))
 
@@ -258,14 +264,12 @@ class CollaborationEndpoint:
         if member.joined and not await member.caught_up(version - parts, ACK_ORDER_WAIT_S):
             log.info("ack sent before earlier edits arrived", extra={"connectionId": authed.id})
         member.covered(version)
-        return frame_text("ack", {"version": version, "position": ok["position"]}, id=frame.id)
+        return frame_text("ack", EditAckData(version, ok["position"]), id=frame.id)
 
     async def _cursor(self, member: Member, data: CursorIn) -> None:
         authed = member.authed
-        payload: dict[str, Any] = {"sessionId": member.session_id, "position": data.position}
-        if data.selectionEnd is not None:
-            payload["selectionEnd"] = data.selectionEnd
-        payload["userId"] = authed.user_id  # the name is in the participants list
+        # the name is in the participants list
+        payload = CursorData(member.session_id, data.position, authed.user_id, data.selectionEnd)
         headers = {subjects.HDR_EXCEPT_USER: authed.user_id, subjects.HDR_DROPPABLE: "1"}
         try:
             frame = frame_text("cursor", payload).encode()

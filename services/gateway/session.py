@@ -38,6 +38,7 @@ from shared.errors import (
 )
 from shared.logs import get_logger
 from shared.ratelimit import SlidingWindow
+from shared.schemas.frames import ConnectedData, Empty, RefreshedData
 from shared.schemas.wire import AuthData, ClientFrame, decode_client_frame, peek_id
 from shared.schemas.wire import encode_frame as _encode_frame
 from shared.schemas.wire import error_frame as _error_frame
@@ -64,14 +65,14 @@ def frame_text(type: str, data: Any = None, *, id: str | None = None) -> str:
 def connected_text(authed: Authed) -> str:
     """The ``connected`` frame every endpoint sends first."""
     ident = authed.identity
-    data = {
-        "connectionId": authed.id,
-        "userId": ident.user_id,
-        "username": ident.name,
-        "contextId": authed.context_id,
-        "roles": list(ident.roles),
-        "serverTime": ms_to_ts(now_ms()),
-    }
+    data = ConnectedData(
+        connectionId=authed.id,
+        userId=ident.user_id,
+        username=ident.name,
+        contextId=authed.context_id,
+        roles=list(ident.roles),
+        serverTime=ms_to_ts(now_ms()),
+    )
     return frame_text("connected", data)
 
 
@@ -223,7 +224,7 @@ class SessionRunner:
             return
         metrics.FRAMES_IN.labels(endpoint.name, frame.type).inc()
         if frame.type == "ping":
-            await conn.reply(frame_text("pong", {}, id=frame.id))
+            await conn.reply(frame_text("pong", Empty(), id=frame.id))
             return
         self._count(conn, state, now, frame.id)
         authed = conn.authed
@@ -302,9 +303,8 @@ class SessionRunner:
             return error_text(Forbidden("role not allowed on this endpoint"), frame.id)
         authed.identity = new
         state.schedule_expiry(authed)
-        return frame_text(
-            "refreshed", {"expiresAt": ms_to_ts(int(new.expires_at * 1000))}, id=frame.id
-        )
+        expires = RefreshedData(ms_to_ts(int(new.expires_at * 1000)))
+        return frame_text("refreshed", expires, id=frame.id)
 
 
 async def _as_frame(handled: Awaitable[ReplyLike], cid: str | None) -> ReplyLike:

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from shared.schemas.frames import MetricUpdateData
+
 __all__ = [
     "METRICS",
     "CurrentRequest",
@@ -56,5 +58,6 @@ class QueryReply(Struct, frozen=True, omit_defaults=True):
 
 
 def metric_update_data(metric: str, value: dict[str, Any], timestamp: str) -> dict[str, Any]:
-    """The ``data`` of a server ``metric_update`` frame."""
-    return {"metric": metric, "value": value, "timestamp": timestamp}
+    """The ``data`` of a server ``metric_update`` frame (``MetricUpdateData``) as JSON values."""
+    out: dict[str, Any] = msgspec.to_builtins(MetricUpdateData(metric, value, timestamp))
+    return out

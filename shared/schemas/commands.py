@@ -8,6 +8,7 @@ import msgspec
 from msgspec import Struct
 
 from shared.schemas.events import dedup_key
+from shared.schemas.frames import MessageData, ParticipantData, UserData
 
 __all__ = [
     "Origin",
@@ -71,7 +72,7 @@ class HistoryRequest(Struct, frozen=True):
 
 
 class HistoryReply(Struct, frozen=True):
-    messages: list[dict[str, Any]]
+    messages: list[MessageData]
     hasMore: bool = False
     truncated: bool = False
     lastSeq: int = 0
@@ -92,7 +93,7 @@ class PresenceChange(Struct, frozen=True):
 
 
 class PresenceReply(Struct, frozen=True):
-    users: list[dict[str, str]]
+    users: list[UserData]
 
 
 class GatewayHeartbeat(Struct, frozen=True):
@@ -178,7 +179,7 @@ CollabRequest = CollabJoin | CollabLeave | CollabSnapshotRequest | CollabOpen | 
 class CollabReply(Struct, frozen=True, omit_defaults=True):
     content: str = ""
     version: int = 0
-    participants: list[dict[str, str]] = msgspec.field(default_factory=list)
+    participants: list[ParticipantData] = msgspec.field(default_factory=list)
     error: str | None = None  # protocol error code
     message: str = ""
 

@@ -15,6 +15,7 @@ from msgspec import Meta, Raw, Struct
 
 from shared.errors import InvalidJson, InvalidMessage, UnknownType, protocol
 from shared.schemas.events import ChatMessagePosted
+from shared.schemas.frames import ErrorData, message_data
 from shared.timefmt import ms_to_ts
 
 __all__ = [
@@ -256,11 +257,12 @@ def error_frame(exc: BaseException, timestamp: str, id: str | None = None) -> by
     client sent (an id or text that cannot be encoded is left out), so no client input turns
     into ``internal``."""
     err = protocol(exc)
+    data = ErrorData(code=err.code, **err.data)
     try:
-        return encode_frame("error", timestamp, err.payload(), id=id, error=err.message)
+        return encode_frame("error", timestamp, data, id=id, error=err.message)
     except UnicodeEncodeError:
         message = err.message.encode("utf-8", "replace").decode("utf-8")
-        return encode_frame("error", timestamp, {"code": err.code}, error=message)
+        return encode_frame("error", timestamp, ErrorData(code=err.code), error=message)
 
 
 def encode(obj: Any) -> bytes:
@@ -268,18 +270,12 @@ def encode(obj: Any) -> bytes:
 
 
 def message_wire(ev: ChatMessagePosted) -> dict[str, Any]:
-    """The ``message`` frame data for a stored chat message event."""
-    return {
-        "id": ev.messageId,
-        "seq": ev.seq,
-        "content": ev.content,
-        "messageType": ev.messageType,
-        "author": {"id": ev.userId, "name": ev.userName},
-        "timestamp": ms_to_ts(ev.ts),
-    }
+    """The ``message`` frame data for a stored chat message event, as plain JSON values."""
+    out: dict[str, Any] = msgspec.to_builtins(message_data(ev))
+    return out
 
 
 def message_frame(ev: ChatMessagePosted) -> bytes:
     """The ``message`` frame of a stored chat message event, as the chat service broadcasts it
     and a gateway rebuilds it from the log (the same bytes either way)."""
-    return encode_frame("message", ms_to_ts(ev.ts), message_wire(ev))
+    return encode_frame("message", ms_to_ts(ev.ts), message_data(ev))

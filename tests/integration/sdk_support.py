@@ -132,6 +132,7 @@ def audit_frames(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
             continue
         for path in unmodelled_fields(obj, type(frame)):
             problems.add(f"{frame.type}: {path} is not modelled by {type(frame).__name__}")
+        problems.update(_against_the_schema_source(obj))
         if isinstance(frame, AckFrame):  # data is an open dict: a chat or an edit ack
             keys = set(obj["data"])
             if not any(keys <= ACK_FIELDS[t] for t in ACK_FIELDS):
@@ -139,6 +140,25 @@ def audit_frames(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
     assert not problems, "server frames the SDK does not fully model:\n  " + "\n  ".join(
         sorted(problems)
     )
+
+
+def _against_the_schema_source(obj: dict[str, Any]) -> set[str]:
+    """The frame's data must be one of the server's own frame Structs for its type (the schema
+    source the AsyncAPI document is generated from), every field declared."""
+    from shared.schemas.frames import SERVER_FRAMES
+
+    candidates = {t[obj["type"]] for t in SERVER_FRAMES.values() if obj["type"] in t}
+    if not candidates:
+        return {f"{obj['type']}: not in shared.schemas.frames.SERVER_FRAMES"}
+    for struct in candidates:
+        try:
+            msgspec.convert(obj["data"], struct)
+        except msgspec.ValidationError:
+            continue
+        if not unmodelled_fields(obj["data"], struct):
+            return set()
+    names = sorted(c.__name__ for c in candidates)
+    return {f"{obj['type']}: data {obj['data']!r:.120} fits none of {names}"}
 
 
 def gateway_metrics(stack: Stack) -> dict[str, float]:

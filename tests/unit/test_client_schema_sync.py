@@ -380,3 +380,33 @@ def test_the_diff_names_the_field_and_both_sides() -> None:
         "x.limit: client optional integer = 20 != server optional integer = 50",
         "x.sessionId: client required string != server optional null|string = None",
     ]
+
+
+def test_every_server_frame_struct_is_modelled_by_the_sdk() -> None:
+    """The server's frame Structs (the schema source) against the SDK's frame data types:
+    every field the server can send is declared, with a compatible JSON type."""
+    from shared.schemas.frames import SERVER_FRAMES
+
+    sdk = {str(cls.__struct_config__.tag): cls for cls in cf._KNOWN_FRAMES}
+    problems: list[str] = []
+    for endpoint, frames in SERVER_FRAMES.items():
+        for kind, server_data in frames.items():
+            frame_cls = sdk.get(kind)
+            if frame_cls is None:
+                problems.append(f"{endpoint}/{kind}: no frame type in the SDK")
+                continue
+            client_data = typing.get_type_hints(frame_cls)["data"]
+            if client_data in (dict[str, Any], Any):  # an open dict takes anything
+                continue
+            client = shape(client_data)
+            for name, server_field in shape(server_data).items():
+                if name not in client:
+                    problems.append(f"{endpoint}/{kind}.{name}: the SDK drops it")
+                    continue
+                s_kind = server_field.split(" ")[1].split("|")
+                c_kind = client[name].split(" ")[1].split("|")
+                if not set(s_kind) - {"null"} <= set(c_kind) | {"any"}:
+                    problems.append(f"{endpoint}/{kind}.{name}: server {s_kind}, SDK {c_kind}")
+                if server_field.startswith("optional") and client[name].startswith("required"):
+                    problems.append(f"{endpoint}/{kind}.{name}: may be absent; SDK requires it")
+    fail_on(problems, "server frames the SDK does not model")

@@ -12,6 +12,7 @@ from services.gateway.commands import CommandClient
 from services.gateway.connection import Authed, Conn
 from services.gateway.fanout import FanOut
 from services.gateway.heartbeat import Heartbeats
+from services.gateway.parts import Parts
 from shared.auth import Identity
 from shared.bus.memory import MemoryBus
 from shared.config import Settings, load_settings
@@ -61,6 +62,10 @@ class Kit:
         self.fanout = FanOut(self.settings, self.bus)
         self.commands = CommandClient(self.settings, self.bus, "gw1")
         self.heartbeats = Heartbeats(self.settings, self.bus, "gw1")
+
+    @property
+    def parts(self) -> Parts:
+        return Parts(self.settings, self.bus, self.fanout, self.commands, self.heartbeats)
 
     async def start(self) -> Kit:
         await self.fanout.start()

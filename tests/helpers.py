@@ -309,10 +309,23 @@ class Client:
         self.ws = ws
         self.seen: list[dict[str, Any]] = []
 
+    open: list[Client] = []  # closed after each test (tests/conftest.py)
+
     @classmethod
     async def connect(cls, url: str, **kw: Any) -> Client:
         ws = await websockets.connect(url, open_timeout=T(10), **kw)
-        return cls(ws)
+        client = cls(ws)
+        cls.open.append(client)
+        return client
+
+    @classmethod
+    async def close_all(cls) -> None:
+        clients, cls.open = cls.open, []
+        for c in clients:
+            try:
+                await asyncio.wait_for(c.ws.close(), T(2))
+            except Exception:  # the server is gone, or the socket already closed
+                c.ws.transport.abort()
 
     async def send(self, frame: dict[str, Any] | str | bytes) -> None:
         await self.ws.send(frame if isinstance(frame, str | bytes) else json.dumps(frame))

@@ -18,13 +18,13 @@ from collections.abc import Mapping
 import msgspec
 
 from services.gateway.connection import Authed, Reply
-from services.gateway.fanout import FanOut
+from services.gateway.fanout import SocketReceiver
 from services.gateway.holdgate import HoldGate
+from services.gateway.parts import Parts
 from services.gateway.session import Handled, connected_text, frame_text
 from shared import subjects
 from shared.auth import Identity
-from shared.bus.port import Bus, Unavailable
-from shared.config import Settings
+from shared.bus.port import Unavailable
 from shared.errors import CLOSE_TRY_AGAIN, ServiceUnavailable, UnknownType
 from shared.logs import get_logger
 from shared.schemas.analytics import CurrentReply, CurrentRequest
@@ -39,25 +39,17 @@ _current_decoder = msgspec.json.Decoder(CurrentReply)
 UNAVAILABLE = "the analytics service is unavailable; re-send later with the same id"
 
 
-class MetricsMember:
+class MetricsMember(SocketReceiver):
     """One socket's metric subscriptions: a gate per metric, and which ones are live."""
 
-    __slots__ = ("authed", "gates", "live", "generation", "limit")
+    __slots__ = ("gates", "live", "generation", "limit")
 
     def __init__(self, authed: Authed, limit: int) -> None:
-        self.authed = authed
+        super().__init__(authed)
         self.gates: dict[str, HoldGate] = {}
         self.live: set[str] = set()
         self.generation: Counter[str] = Counter()  # bumped by unsubscribe
         self.limit = limit
-
-    @property
-    def conn_id(self) -> str:
-        return self.authed.id
-
-    @property
-    def user_id(self) -> str:
-        return self.authed.user_id
 
     def gate(self, metric: str) -> HoldGate:
         gate = self.gates.get(metric)
@@ -79,17 +71,14 @@ class MetricsMember:
             version = 0
         gate.offer(text, version)
 
-    def break_stream(self, reason: str) -> None:
-        return None  # metric updates are values, not a stream: the next one replaces a lost one
-
 
 class AnalyticsEndpoint:
     name = "analytics"
 
-    def __init__(self, settings: Settings, bus: Bus, fanout: FanOut) -> None:
-        self.settings = settings
-        self.bus = bus
-        self.fanout = fanout
+    def __init__(self, parts: Parts) -> None:
+        self.settings = parts.settings
+        self.bus = parts.bus
+        self.fanout = parts.fanout
         self.members: dict[str, MetricsMember] = {}
 
     def allowed(self, identity: Identity) -> bool:

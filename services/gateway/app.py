@@ -21,6 +21,7 @@ from services.gateway.fanout import FanOut
 from services.gateway.gate import ConnectionGate
 from services.gateway.heartbeat import Heartbeats
 from services.gateway.ingest import Ingest
+from services.gateway.parts import Parts
 from services.gateway.session import Endpoint, SessionRunner
 from shared.auth import TokenVerifier
 from shared.bus.nats import NatsBus, connect
@@ -62,9 +63,10 @@ class Gateway:
         commands = CommandClient(settings, bus, self.gateway_id)
         fanout = FanOut(settings, bus)
         heartbeats = Heartbeats(settings, bus, self.gateway_id)
-        chat = ChatEndpoint(settings, bus, fanout, commands, heartbeats)
-        analytics = AnalyticsEndpoint(settings, bus, fanout)
-        collaboration = CollaborationEndpoint(settings, bus, fanout, commands, heartbeats)
+        parts = Parts(settings, bus, fanout, commands, heartbeats)
+        chat = ChatEndpoint(parts)
+        analytics = AnalyticsEndpoint(parts)
+        collaboration = CollaborationEndpoint(parts)
         self.endpoints = {"chat": chat, "analytics": analytics, "collaboration": collaboration}
         self.ingest = Ingest(settings, bus, self.verifier)
         await commands.start()

@@ -15,17 +15,15 @@ from collections.abc import Mapping
 
 import msgspec
 
-from services.gateway.commands import CommandClient
 from services.gateway.connection import Authed, Reply
-from services.gateway.fanout import FanOut
-from services.gateway.heartbeat import Heartbeats
+from services.gateway.fanout import SocketReceiver
 from services.gateway.holdgate import HoldGate
+from services.gateway.parts import Parts
 from services.gateway.session import Handled, connected_text, error_text, frame_text
 from services.gateway.typing_state import TypingTracker
 from shared import subjects, tasks
 from shared.auth import Identity
-from shared.bus.port import Bus, Unavailable
-from shared.config import Settings
+from shared.bus.port import Unavailable
 from shared.errors import (
     CLOSE_SERVICE_RESTART,
     CLOSE_TRY_AGAIN,
@@ -63,23 +61,15 @@ _presence_decoder = msgspec.json.Decoder(PresenceReply)
 UNAVAILABLE = "the chat service is unavailable; re-send later with the same id"
 
 
-class ChatMember:
+class ChatMember(SocketReceiver):
     """One socket in one room: the room's frames pass its gate."""
 
-    __slots__ = ("authed", "gate", "present")
+    __slots__ = ("gate", "present")
 
     def __init__(self, authed: Authed, limit: int) -> None:
-        self.authed = authed
+        super().__init__(authed)
         self.gate = HoldGate(authed.push, self._overflow, limit)
         self.present = False  # announced to presence, so heartbeats list it
-
-    @property
-    def conn_id(self) -> str:
-        return self.authed.id
-
-    @property
-    def user_id(self) -> str:
-        return self.authed.user_id
 
     def offer(
         self, text: str, seq: int | None, droppable: bool, headers: Mapping[str, str]
@@ -96,19 +86,12 @@ class ChatMember:
 class ChatEndpoint:
     name = "chat"
 
-    def __init__(
-        self,
-        settings: Settings,
-        bus: Bus,
-        fanout: FanOut,
-        commands: CommandClient,
-        heartbeats: Heartbeats,
-    ) -> None:
-        self.settings = settings
-        self.bus = bus
-        self.fanout = fanout
-        self.commands = commands
-        self.heartbeats = heartbeats
+    def __init__(self, parts: Parts) -> None:
+        self.settings = settings = parts.settings
+        self.bus = parts.bus
+        self.fanout = parts.fanout
+        self.commands = parts.commands
+        self.heartbeats = heartbeats = parts.heartbeats
         self.typing = TypingTracker(settings.typing_ttl_s)
         self.members: dict[str, ChatMember] = {}  # connection id -> its membership
         self._lapse_task: asyncio.Task[None] | None = None

@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Mapping
 
 from services.gateway.connection import Authed
+from services.gateway.fanout import SocketReceiver
 from services.gateway.holdgate import HoldGate
 from shared.errors import CLOSE_TRY_AGAIN
 from shared.schemas.commands import SessionMember
@@ -22,13 +23,13 @@ from shared.schemas.commands import SessionMember
 __all__ = ["Member"]
 
 
-class Member:
+class Member(SocketReceiver):
     """A session member: its role and state, and the gate for its live frames."""
 
-    __slots__ = ("authed", "session_id", "role", "joined", "announced", "gate", "seen", "_progress")
+    __slots__ = ("session_id", "role", "joined", "announced", "gate", "seen", "_progress")
 
     def __init__(self, authed: Authed, session_id: str, role: str, limit: int) -> None:
-        self.authed = authed
+        super().__init__(authed)
         self.session_id = session_id
         self.role = role
         self.joined = False  # session_joined was sent
@@ -36,14 +37,6 @@ class Member:
         self.gate = HoldGate(authed.push, self._overflow, limit)
         self.seen = 0  # highest version handed over, held, or covered by a reply or ack
         self._progress = asyncio.Event()
-
-    @property
-    def conn_id(self) -> str:
-        return self.authed.id
-
-    @property
-    def user_id(self) -> str:
-        return self.authed.user_id
 
     @property
     def gone(self) -> bool:
@@ -54,9 +47,6 @@ class Member:
     ) -> None:
         if self.gate.offer(text, seq, droppable) and seq is not None:
             self.covered(seq)
-
-    def break_stream(self, reason: str) -> None:
-        return None  # clients apply edits by version and ask for a snapshot on a gap
 
     def covered(self, version: int) -> None:
         if version > self.seen:

@@ -37,15 +37,12 @@ from typing import Any
 import msgspec
 
 from services.gateway.collab_member import Member
-from services.gateway.commands import CommandClient
 from services.gateway.connection import Authed, Reply
-from services.gateway.fanout import FanOut
-from services.gateway.heartbeat import Heartbeats
+from services.gateway.parts import Parts
 from services.gateway.session import Handled, connected_text, error_text, frame_text
 from shared import subjects
 from shared.auth import Identity
-from shared.bus.port import Bus, Unavailable
-from shared.config import Settings
+from shared.bus.port import Unavailable
 from shared.errors import (
     Forbidden,
     InvalidMessage,
@@ -92,19 +89,12 @@ _rpc_decoder = msgspec.msgpack.Decoder(CollabReply)
 class CollaborationEndpoint:
     name = "collaboration"
 
-    def __init__(
-        self,
-        settings: Settings,
-        bus: Bus,
-        fanout: FanOut,
-        commands: CommandClient,
-        heartbeats: Heartbeats,
-    ) -> None:
-        self.settings = settings
-        self.bus = bus
-        self.fanout = fanout
-        self.commands = commands
-        self.heartbeats = heartbeats
+    def __init__(self, parts: Parts) -> None:
+        self.settings = parts.settings
+        self.bus = parts.bus
+        self.fanout = parts.fanout
+        self.commands = parts.commands
+        self.heartbeats = heartbeats = parts.heartbeats
         self._joined: dict[str, dict[str, Member]] = {}  # connection id -> session id -> member
         self._open: dict[str, Authed] = {}  # connection id -> socket announced as online
         heartbeats.collab = self.present

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from services.gateway import metrics
+from services.gateway.connection import Authed
 from services.gateway.ordering import RoomOrder
 from shared import subjects, tasks
 from shared.bus.port import Bus, Message, Subscription, Unavailable
@@ -30,7 +31,7 @@ from shared.logs import get_logger
 from shared.schemas.events import ChatMessagePosted
 from shared.schemas.wire import message_frame
 
-__all__ = ["FanOut", "Receiver"]
+__all__ = ["FanOut", "Receiver", "SocketReceiver"]
 
 log = get_logger(__name__)
 
@@ -54,6 +55,26 @@ class Receiver(Protocol):
     def break_stream(self, reason: str) -> None:
         """The stream cannot be kept whole for this socket (it closes, 1012)."""
         ...
+
+
+class SocketReceiver:
+    """A receiver for one authenticated socket (the endpoints' members derive from it)."""
+
+    __slots__ = ("authed",)
+
+    def __init__(self, authed: Authed) -> None:
+        self.authed = authed
+
+    @property
+    def conn_id(self) -> str:
+        return self.authed.id
+
+    @property
+    def user_id(self) -> str:
+        return self.authed.user_id
+
+    def break_stream(self, reason: str) -> None:
+        return None  # a stream that is not ordered has nothing to break
 
 
 @dataclass(slots=True)

@@ -108,7 +108,7 @@ async def test_a_message_id_is_stored_once_within_the_window_and_again_after(kit
     later = await bus.append(subject(), b"x", msg_id="same")
     while later.duplicate:  # JetStream prunes its window a little after it ends: poll for it
         assert time.monotonic() < deadline, "the id is remembered past the window"
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # polling the broker's clock: nothing signals the window's end
         later = await bus.append(subject(), b"x", msg_id="same")
     assert later.seq > first.seq
 

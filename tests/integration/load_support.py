@@ -39,10 +39,30 @@ async def _connect(url: str, stop: asyncio.Event) -> ClientConnection | None:
     return None
 
 
+class Progress:
+    """Set on every message received or acknowledged: waits wake on it, never on a sleep."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def tick(self) -> None:
+        self._event.set()
+
+    async def until(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        try:
+            async with asyncio.timeout(T(timeout)):
+                while not check():
+                    self._event.clear()
+                    await self._event.wait()
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}") from None
+
+
 @dataclass
 class Receiver:
     user: str
     url: Url
+    progress: Progress
     last: int = 0  # the highest seq received, over every connection
     problems: list[str] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)  # monotonic time of each message
@@ -74,6 +94,7 @@ class Receiver:
                 self.problems.append(f"{self.user}: got seq {seq} after {self.last} ({what})")
             self.last = max(self.last, seq)
             self.arrivals.append(time.monotonic())
+            self.progress.tick()
         elif kind == "recovered" and frame["data"].get("truncated"):
             self.problems.append(f"{self.user}: recovery truncated after {self.last}")
 
@@ -86,6 +107,7 @@ class Sender:
     user: str
     url: Url
     rate: float  # messages per second
+    progress: Progress
     acked: dict[str, int] = field(default_factory=dict)  # message id -> seq
     resends: int = 0
     problems: list[str] = field(default_factory=list)
@@ -114,6 +136,7 @@ class Sender:
                         continue
                     if reply["type"] == "ack":
                         self.acked[cid] = int(reply["data"]["seq"])
+                        self.progress.tick()
                     elif reply["data"]["code"] == "unavailable":
                         self.resends += 1
                         await asyncio.sleep(0.1)  # back off, then re-send the same id
@@ -163,8 +186,9 @@ class ChatLoad:
     """``senders`` x ``rate`` messages per second into one room, ``receivers`` watching it."""
 
     def __init__(self, url: Url, senders: int = 10, receivers: int = 10, rate: float = 25) -> None:
-        self.senders = [Sender(f"s{i}", url, rate) for i in range(senders)]
-        self.receivers = [Receiver(f"r{i}", url) for i in range(receivers)]
+        self.progress = Progress()
+        self.senders = [Sender(f"s{i}", url, rate, self.progress) for i in range(senders)]
+        self.receivers = [Receiver(f"r{i}", url, self.progress) for i in range(receivers)]
         self.stop_receivers = asyncio.Event()
         self.stop_senders = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -180,19 +204,19 @@ class ChatLoad:
         return {cid: seq for s in self.senders for cid, seq in s.acked.items()}
 
     async def wait_acked(self, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + T(timeout)
-        while len(self.acked) < count:
-            assert time.monotonic() < deadline, f"only {len(self.acked)} of {count} acked"
-            await asyncio.sleep(0.05)  # polling counters the load tasks update
+        await self.progress.until(lambda: len(self.acked) >= count, timeout, f"{count} acks")
 
     async def finish(self, timeout: float = 30) -> int:
         """Stop sending, let every receiver catch up with the last acked seq; that seq."""
         self.stop_senders.set()
         await asyncio.gather(*self._tasks[len(self.receivers) :], return_exceptions=True)
         top = max(self.acked.values(), default=0)
-        deadline = time.monotonic() + T(timeout)
-        while any(r.last < top for r in self.receivers) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)  # receivers are still reading
+        try:
+            await self.progress.until(
+                lambda: all(r.last >= top for r in self.receivers), timeout, "receivers"
+            )
+        except AssertionError:
+            pass  # the caller's checks say which receiver fell short, and how
         self.stop_receivers.set()
         for task in self._tasks[: len(self.receivers)]:
             task.cancel()

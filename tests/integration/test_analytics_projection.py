@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from ops.bench.analytics import random_event
+from ops.sim.events import random_event
 from shared import subjects
 from shared.timefmt import now_ms
 from tests.helpers import Stack

@@ -1,7 +1,7 @@
 """A seeded multi-client editing session through the real service, gateways and sockets.
 
 Five clients, spread over two gateways, type into one document with random pauses. Each runs the
-client-side OT of ``ops.bench.collab.Editor`` (one edit in flight, later ones buffered, incoming
+client-side OT of ``ops.sim.editor.Editor`` (one edit in flight, later ones buffered, incoming
 edits transformed). Two of them drop their connection right after sending an edit, reconnect
 (to the other gateway), re-send the unacknowledged edit with the same id, and resync from a
 snapshot. At the end every client holds the server's text and version, and the log holds each
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import websockets
 
-from ops.bench.collab import Editor, op_of, random_op
+from ops.sim.editor import Editor, op_of, random_op
 from shared import subjects
 from shared.schemas.events import EditApplied, decode_event
 from tests.conftest import T

@@ -50,14 +50,23 @@ async def test_history_and_seq_continue_after_chat_service_restart(make_stack) -
 def _up(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in ("AG_NATS_URL", "AG_JWT_SECRET")}
     env.update({k: v for k, v in TEST_ENV.items() if k not in ("AG_JWT_SECRET",)})
-    log = open(data_dir.parent / f"up-{port}.log", "ab")  # noqa: SIM115
-    return subprocess.Popen(
-        [sys.executable, "-m", "ops.cli", "up", "--port", str(port), "--data-dir", str(data_dir)],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=log,
-    )
+    with open(data_dir.parent / f"up-{port}.log", "ab") as log:  # the child keeps its copy
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ops.cli",
+                "up",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+        )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ops.bench.collab import Editor, op_of, random_op, xform
+from ops.sim.editor import Editor, op_of, random_op, xform
 from services.collaboration.document import Document
 from services.collaboration.ot import Delete, Insert, Op, apply_all
 

@@ -31,9 +31,7 @@ class Harness:
 
     def __init__(self, kit: Kit) -> None:
         self.kit = kit
-        self.ep = CollaborationEndpoint(
-            kit.settings, kit.bus, kit.fanout, kit.commands, kit.heartbeats
-        )
+        self.ep = CollaborationEndpoint(kit.parts)
         self.socket = Socket("collaboration")
         self.replies: asyncio.Queue[CollabReply] = asyncio.Queue()
         self.gate = asyncio.Event()

@@ -30,7 +30,7 @@ def current(version: int, **values: Any) -> CurrentReply:
 class Harness:
     def __init__(self, kit: Kit) -> None:
         self.kit = kit
-        self.ep = AnalyticsEndpoint(kit.settings, kit.bus, kit.fanout)
+        self.ep = AnalyticsEndpoint(kit.parts)
         self.socket = Socket("analytics", 100)
         self.asked = asyncio.Event()
         self.answer: asyncio.Queue[CurrentReply | None] = asyncio.Queue()
@@ -167,7 +167,7 @@ async def test_unsubscribe_while_subscribe_is_in_flight_wins(h: Harness) -> None
 
 def test_only_instructors_and_admins_may_watch() -> None:
     kit = Kit()
-    ep = AnalyticsEndpoint(kit.settings, kit.bus, kit.fanout)
+    ep = AnalyticsEndpoint(kit.parts)
     assert not ep.allowed(Identity("x", "X", frozenset({CTX}), ("learner",), 1e12))
     assert ep.allowed(Identity("x", "X", frozenset(), ("admin",), 1e12))
     assert not ep.allowed(Identity("x", "X", frozenset(), ("service",), 1e12))

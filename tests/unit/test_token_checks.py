@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from shared.auth import AuthFailure, TokenVerifier, mint_token
 from shared.config import ConfigError, load_settings
 
-SECRET = "s" * 48
+SECRET = "s" * 64  # long enough for HS512 too (RFC 7518 §3.2)
 NOW = 1_800_000_000.0
 
 

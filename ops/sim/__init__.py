@@ -1,0 +1,1 @@
+"""Simulated clients and event generators, shared by the benchmarks and the tests."""

@@ -37,7 +37,6 @@ from shared.schemas.commands import (
     Connection,
     HistoryReply,
     HistoryRequest,
-    Origin,
     PostMessage,
     PresenceChange,
     PresenceReply,
@@ -199,7 +198,7 @@ class ChatEndpoint:
         cmd = PostMessage(
             requestId=ticket.request_id,
             contextId=authed.context_id,
-            origin=Origin(ticket.gateway_id, authed.id, authed.user_id, authed.user_name),
+            origin=ticket.origin(authed),
             content=data.content,
             messageType=data.messageType,
             clientId=frame.id,

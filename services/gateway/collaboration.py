@@ -63,7 +63,6 @@ from shared.schemas.commands import (
     CollabSnapshotRequest,
     Connection,
     EditCommand,
-    Origin,
     SessionMember,
 )
 from shared.schemas.frames import (
@@ -239,7 +238,7 @@ class CollaborationEndpoint:
             requestId=ticket.request_id,
             contextId=authed.context_id,
             sessionId=member.session_id,
-            origin=Origin(ticket.gateway_id, authed.id, authed.user_id, authed.user_name),
+            origin=ticket.origin(authed),
             operation=data.operation,
             position=data.position,
             version=data.version,

@@ -18,12 +18,13 @@ from typing import Any
 import msgspec
 
 from services.gateway import metrics
+from services.gateway.connection import Authed
 from shared import subjects
 from shared.bus.port import Bus, Message, Subscription, Unavailable
 from shared.config import Settings
 from shared.errors import ServiceUnavailable, from_code
 from shared.logs import get_logger
-from shared.schemas.commands import CommandResult
+from shared.schemas.commands import CommandResult, Origin
 from shared.schemas.wire import encode
 from shared.timefmt import now_ms
 
@@ -42,6 +43,10 @@ class Ticket:
     request_id: str
     deadline: int  # epoch ms
     gateway_id: str
+
+    def origin(self, authed: Authed) -> Origin:
+        """Where the command comes from, so its result finds the socket again."""
+        return Origin(self.gateway_id, authed.id, authed.user_id, authed.user_name)
 
 
 class CommandClient:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
 from litestar.exceptions import HTTPException
@@ -34,6 +34,10 @@ __all__ = ["Gateway", "create_app"]
 log = get_logger(__name__)
 
 
+class _Stoppable(Protocol):
+    async def stop(self) -> None: ...
+
+
 class Gateway:
     """Owns the gateway's long-lived parts; started and stopped by the app's lifespan, in order:
     the bus, the command client, the fan-out, the endpoints, the heartbeats."""
@@ -48,7 +52,7 @@ class Gateway:
         self.runner = SessionRunner(settings, self.verifier, self.conns)
         self.ingest: Ingest | None = None
         self.draining = False
-        self._parts: list[Any] = []
+        self._parts: list[_Stoppable] = []
         self._healed_at = 0.0
 
     async def start(self) -> None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
+import msgspec
 from litestar import WebSocket
 from litestar.exceptions import WebSocketDisconnect
 
@@ -58,7 +59,7 @@ log = get_logger(__name__)
 Handled = Awaitable[ReplyLike] | ReplyLike
 
 
-def frame_text(type: str, data: Any = None, *, id: str | None = None) -> str:
+def frame_text(type: str, data: msgspec.Struct | None = None, *, id: str | None = None) -> str:
     return _encode_frame(type, ms_to_ts(now_ms()), data, id=id).decode()
 
 

@@ -15,7 +15,6 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from shared.bus.port import (
     Appended,
@@ -23,6 +22,7 @@ from shared.bus.port import (
     Conflict,
     Entry,
     Handler,
+    Message,
     Unavailable,
 )
 
@@ -200,10 +200,10 @@ class MemoryBus:
     _last: dict[str, int] = field(default_factory=dict)  # subject -> last sequence
     _ids: dict[str, tuple[int, float]] = field(default_factory=dict)  # msg id -> (seq, when)
     _work: list[_Queued] = field(default_factory=list)
-    _work_ids: Any = field(default_factory=itertools.count)
+    _work_ids: itertools.count[int] = field(default_factory=itertools.count)
     _subs: list[_Sub] = field(default_factory=list)
-    _inboxes: Any = field(default_factory=itertools.count)
-    _queue_turn: Any = field(default_factory=itertools.count)
+    _inboxes: itertools.count[int] = field(default_factory=itertools.count)
+    _queue_turn: itertools.count[int] = field(default_factory=itertools.count)
     _change: asyncio.Event | None = None
     _published: int = 0
     _reconnect: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -349,7 +349,7 @@ class MemoryBus:
         inbox = f"_INBOX.{next(self._inboxes)}"
         answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
-        async def on_reply(msg: Any) -> None:
+        async def on_reply(msg: Message) -> None:
             if not answer.done():
                 answer.set_result(msg.data)
 

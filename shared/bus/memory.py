@@ -23,6 +23,7 @@ from shared.bus.port import (
     Entry,
     Handler,
     Message,
+    NoResponders,
     Unavailable,
 )
 
@@ -356,7 +357,7 @@ class MemoryBus:
         sub = await self.subscribe(inbox, on_reply)
         try:
             if self._deliver(subject, data, {}, inbox) == 0:
-                raise Unavailable(f"no responders on {subject}")
+                raise NoResponders(f"no responders on {subject}")
             async with asyncio.timeout(timeout):
                 return await answer
         except TimeoutError:

@@ -1,4 +1,4 @@
-"""The bus over NATS JetStream: the only module that imports ``nats``.
+"""The bus over NATS JetStream (with ``nats_tail``, the only modules that import ``nats``).
 
 - The event log is the stream ``AG_EVENTS``; an append carries ``Nats-Msg-Id`` (stored once in
   the stream's duplicate window) and, when asked, ``Nats-Expected-Last-Subject-Sequence``.
@@ -8,8 +8,8 @@
 - Commands wait in the work-queue stream ``AG_CMDS`` for a durable pull consumer with explicit
   acks; a consumer (or the in-memory stream) lost to a NATS restart is re-created on the next
   fetch.
-- A log tail is an ephemeral pull consumer without acks, re-created from the next sequence when
-  the connection was lost.
+- A log tail is a pull consumer without acks, read on a connection of its own at the speed of
+  the socket (``nats_tail``).
 - Connections reconnect forever (a NATS restart must not end a service); ``connect_once`` is one
   bounded attempt for command-line tools.
 """
@@ -33,7 +33,6 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
-    DeliverPolicy,
     DiscardPolicy,
     RetentionPolicy,
     StorageType,
@@ -41,7 +40,17 @@ from nats.js.api import (
 )
 
 from shared import subjects
-from shared.bus.port import Appended, Bus, Command, Conflict, Entry, Handler, Unavailable
+from shared.bus.nats_tail import Tail
+from shared.bus.port import (
+    Appended,
+    Bus,
+    Command,
+    Conflict,
+    Entry,
+    Handler,
+    NoResponders,
+    Unavailable,
+)
 from shared.config import Settings
 from shared.logs import get_logger
 
@@ -324,77 +333,6 @@ class _CommandQueue:
             self._sub = None
 
 
-class _Tail:
-    """An ephemeral pull consumer without acks from ``next``; re-created after a failure.
-    ``name`` makes it visible to operators (``atomic-guide streams``); one of that name left
-    over from an earlier process is replaced."""
-
-    def __init__(self, bus: NatsBus, subjects_: str, start: int, name: str | None) -> None:
-        self.bus = bus
-        self.subjects = subjects_
-        self.next = max(start, 1)
-        self.name = name
-        self._sub: JetStreamContext.PullSubscription | None = None
-        self._pending: int | None = None
-
-    async def _open(self) -> JetStreamContext.PullSubscription:
-        if self._sub is None:
-            config = ConsumerConfig(
-                name=self.name,
-                filter_subject=self.subjects,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=self.next,
-                ack_policy=AckPolicy.NONE,
-                inactive_threshold=60.0,
-                mem_storage=True,
-                max_ack_pending=-1,
-            )
-            js, stream = self.bus.js, subjects.EVENTS_STREAM
-            if self.name is None:
-                self._sub = await js.pull_subscribe(self.subjects, stream=stream, config=config)
-            else:
-                with contextlib.suppress(nats.js.errors.NotFoundError):
-                    await js.delete_consumer(stream, self.name)
-                await js.add_consumer(stream, config)
-                self._sub = await js.pull_subscribe_bind(consumer=self.name, stream=stream)
-        return self._sub
-
-    async def fetch(self, batch: int, timeout: float) -> list[Entry]:
-        try:
-            sub = await self._open()
-            msgs = await sub.fetch(batch, timeout=timeout)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            log.warning("log tail failed; re-opening", extra={"error": repr(exc)})
-            await self.close()
-            await asyncio.sleep(0.5)  # back off while NATS reconnects
-            return []
-        out = [Entry(int(m.metadata.sequence.stream), m.subject, m.data) for m in msgs]
-        if out:
-            self.next = out[-1].seq + 1
-            self._pending = int(msgs[-1].metadata.num_pending)
-        return out
-
-    async def pending(self) -> int:
-        """What the last fetch left behind (free: it comes with every message)."""
-        if self._pending is not None:
-            return self._pending
-        if self._sub is None:
-            return 0
-        try:
-            info = await self._sub.consumer_info()
-        except _BROKEN:
-            return 0
-        return int(info.num_pending or 0)
-
-    async def close(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
-
-
 class NatsBus(Bus):
     def __init__(self, settings: Settings, nc: NATS | None = None) -> None:
         self.settings = settings
@@ -582,8 +520,8 @@ class NatsBus(Bus):
             raise Unavailable(repr(exc)) from None
         return int(info.state.last_seq)
 
-    def tail(self, subjects_: str, start: int, name: str | None = None) -> _Tail:
-        return _Tail(self, subjects_, start, name)
+    def tail(self, subjects_: str, start: int, name: str | None = None) -> Tail:
+        return Tail(self, subjects_, start, name)
 
     # --- commands ---------------------------------------------------------------------------
     async def submit(self, subject: str, data: bytes, *, timeout: float = 5.0) -> None:
@@ -616,6 +554,8 @@ class NatsBus(Bus):
     async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:
         try:
             msg = await self.nc.request(subject, data, timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise NoResponders(f"no responders on {subject}") from None
         except _BROKEN as exc:
             raise Unavailable(repr(exc)) from None
         return bytes(msg.data)

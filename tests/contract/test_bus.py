@@ -17,7 +17,7 @@ import pytest
 from ops.natsd import start_nats
 from shared.bus.memory import MemoryBus, subject_matches
 from shared.bus.nats import connect, ensure_streams
-from shared.bus.port import Bus, Conflict, Message, Unavailable
+from shared.bus.port import Bus, Conflict, Message, NoResponders, Unavailable
 from shared.config import load_settings
 from tests.conftest import T
 
@@ -271,7 +271,7 @@ async def test_a_request_is_answered_or_unavailable(kit: Any) -> None:
     sub = await bus.subscribe("ag.rpc.echo", echo)
     await bus.flush()
     assert await bus.request("ag.rpc.echo", b"hi", timeout=T(2)) == b"re:hi"
-    with pytest.raises(Unavailable):  # nobody serves it: no responders, at once
+    with pytest.raises(NoResponders):  # nobody serves it: no responders, at once
         started = time.monotonic()
         await bus.request("ag.rpc.nobody", b"", timeout=T(5))
     assert time.monotonic() - started < T(2)
@@ -281,8 +281,9 @@ async def test_a_request_is_answered_or_unavailable(kit: Any) -> None:
 
     mute = await bus.subscribe("ag.rpc.mute", silent)
     await bus.flush()
-    with pytest.raises(Unavailable):
+    with pytest.raises(Unavailable) as timed_out:
         await bus.request("ag.rpc.mute", b"", timeout=0.3)
+    assert not isinstance(timed_out.value, NoResponders)
     await sub.unsubscribe()
     await mute.unsubscribe()
 

@@ -159,8 +159,7 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
     stamp = _stamp()
     out: Path = args.output or live.with_name(f"replay-{stamp}.duckdb")
     out.parent.mkdir(parents=True, exist_ok=True)
-    async with _log_connection(settings, start_embedded=True) as nc:
-        js = nc.jetstream()
+    async with _log_connection(settings, start_embedded=True) as bus:
         bar: Progress | None = None
 
         def progress(done: int, total: int) -> None:
@@ -169,7 +168,7 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
                 bar = Progress(total)
             bar.update(done)
 
-        rebuilt = await rebuild(js, out, batch=args.batch, progress=progress)
+        rebuilt = await rebuild(bus, out, batch=args.batch, progress=progress)
         if bar is not None:
             bar.update(rebuilt.messages, final=True)
         print(
@@ -178,7 +177,7 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
             f"in {rebuilt.seconds:.1f}s into {out}",
             file=sys.stderr,
         )
-        aggregator_seq = await live_seq_via_rpc(nc)
+        aggregator_seq = await live_seq_via_rpc(bus)
         now = now_ms()
         window = settings.metrics_window_s
         store = Store(out, read_only=True)
@@ -188,7 +187,7 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
             if aggregator_seq is not None:
                 upto = min(rebuilt.last_seq, aggregator_seq)
                 contexts = metrics.all_contexts(store.con, upto)
-                view = await live_via_rpc(nc, contexts, now, upto)
+                view = await live_via_rpc(bus, contexts, now, upto)
             elif live.exists():
                 try:
                     probe = Store(live, read_only=True)
@@ -278,32 +277,31 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 async def _query_rpc(settings: Settings, sql: str, max_rows: int) -> Any:
     """The aggregator's answer, or None when no aggregator (or no NATS) is there to ask."""
-    import nats.errors
-
     from ops.analytics_replay import connect_cli
     from shared import subjects
+    from shared.bus.port import NoResponders, Unavailable
     from shared.schemas.analytics import QueryReply, QueryRequest
     from shared.schemas.wire import encode
 
     if not settings.nats_url:
         return None
     try:
-        nc = await connect_cli(settings.nats_url)
+        bus = await connect_cli(settings.nats_url)
     except Exception:
         return None
     try:
-        msg = await nc.request(
+        data = await bus.request(
             subjects.RPC_ANALYTICS_QUERY,
             encode(QueryRequest(sql=sql, maxRows=max_rows)),
             timeout=settings.query_timeout_s + 5,
         )
-    except nats.errors.NoRespondersError:
+    except NoResponders:
         return None
-    except (TimeoutError, nats.errors.Error) as exc:
-        return QueryReply(error=f"the aggregator did not answer: {exc!r}", code="failed")
+    except Unavailable as exc:
+        return QueryReply(error=f"the aggregator did not answer: {exc}", code="failed")
     finally:
-        await nc.close()
-    return msgspec.json.decode(msg.data, type=QueryReply)
+        await bus.close()
+    return msgspec.json.decode(data, type=QueryReply)
 
 
 def _query_file(settings: Settings, sql: str, max_rows: int) -> Any:
@@ -380,7 +378,7 @@ async def _export_via_log(settings: Settings, target: Path, overwrite: bool) -> 
 
     with tempfile.TemporaryDirectory(prefix="ag-export-") as tmp:
         path = Path(tmp) / "events.duckdb"
-        async with _log_connection(settings, start_embedded=True) as nc:
+        async with _log_connection(settings, start_embedded=True) as bus:
             bar: Progress | None = None
 
             def progress(done: int, total: int) -> None:
@@ -389,7 +387,7 @@ async def _export_via_log(settings: Settings, target: Path, overwrite: bool) -> 
                     bar = Progress(total, label="export")
                 bar.update(done)
 
-            rebuilt = await rebuild(nc.jetstream(), path, progress=progress)
+            rebuilt = await rebuild(bus, path, progress=progress)
             if bar is not None:
                 bar.update(rebuilt.messages, final=True)
         n = _export_from(path, target, overwrite)

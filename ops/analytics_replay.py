@@ -18,17 +18,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import msgspec
-import nats
-import nats.errors
-from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.analytics import metrics
 from services.analytics.projection import Projector
 from services.analytics.store import Store
 from shared import subjects
-from shared.bus.nats import connect_once
+from shared.bus.nats import NatsBus, connect_once
+from shared.bus.port import Bus, Unavailable
+from shared.config import load_settings
 from shared.schemas.analytics import CurrentReply, CurrentRequest, QueryReply, QueryRequest
 from shared.schemas.wire import encode
 
@@ -102,90 +99,55 @@ class Rebuilt:
 
 
 async def rebuild(
-    js: JetStreamContext,
+    bus: Bus,
     path: Path,
     *,
-    batch: int = 5000,
+    batch: int = 20_000,
     progress: Callable[[int, int], None] | None = None,
 ) -> Rebuilt:
-    """Project the log from its first message to its last (as of now) into a new file."""
+    """Project the log from its first message to its last (as of now) into a new file, with
+    the aggregator's own code path (``Projector``): the next batch is read and prepared while
+    DuckDB commits the previous one."""
     if path.exists():
         raise FileExistsError(f"{path} exists; a replay writes a fresh file")
-    info = await js.stream_info(subjects.EVENTS_STREAM)
-    target = info.state.last_seq
-    expected = info.state.messages
+    target = await bus.log_end()
     started = time.perf_counter()
     pool = ThreadPoolExecutor(1, thread_name_prefix="replay-duckdb")
     loop = asyncio.get_running_loop()
     store = await loop.run_in_executor(pool, Store, path)
+    tail = bus.tail(subjects.EVENTS_ALL, 1)
     try:
         projector = await loop.run_in_executor(pool, Projector, store)
         out = Rebuilt(path, 0, 0)
         pending: asyncio.Future[Any] | None = None
         if progress is not None:
-            progress(0, expected)
-        async for items in _read(js, target, batch):
+            progress(0, target)
+        while out.last_seq < target:
+            entries = await tail.fetch(batch, timeout=5.0)
+            if not entries:
+                if await tail.pending() == 0:
+                    break  # the end was deleted: nothing more up to the target
+                continue
+            items = [e for e in entries if e.seq <= target] if entries[-1].seq > target else entries
+            if not items:
+                break
+            prepared = projector.prepare(items)  # here, while DuckDB writes the previous batch
             if pending is not None:
-                await pending  # at most one batch in DuckDB's hands while the next is fetched
-            pending = loop.run_in_executor(pool, projector.apply, items)
+                await pending  # at most one batch in DuckDB's hands while the next is read
+            pending = loop.run_in_executor(pool, projector.commit, prepared)
             out.messages += len(items)
-            out.last_seq = items[-1][0]
+            out.last_seq = items[-1].seq
             if progress is not None:
-                progress(out.messages, expected)
+                progress(out.last_seq, target)
         if pending is not None:
             await pending
         out.stored, out.invalid = await loop.run_in_executor(pool, store.counts)
         out.seconds = time.perf_counter() - started
         return out
     finally:
+        await tail.close()
         await loop.run_in_executor(pool, store.close)
         pool.shutdown()
-
-
-async def _read(js: JetStreamContext, target: int, batch: int) -> Any:
-    """Batches of (seq, subject, data) from sequence 1 through ``target``."""
-    if target == 0:
-        return
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.NONE,
-        inactive_threshold=60.0,
-        mem_storage=True,
-        max_ack_pending=-1,
-    )
-    psub = await js.pull_subscribe(
-        subjects.EVENTS_ALL,
-        stream=subjects.EVENTS_STREAM,
-        config=config,
-        pending_msgs_limit=4 * batch,
-        pending_bytes_limit=512 * 1024 * 1024,
-    )
-    try:
-        last = 0
-        while last < target:
-            try:
-                msgs = await psub.fetch(batch, timeout=2.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                info = await psub.consumer_info()
-                if info.num_pending == 0:
-                    return  # the tail was deleted: nothing more up to the target
-                continue
-            items = []
-            for m in msgs:
-                seq = int(m.metadata.sequence.stream)
-                if seq > target:
-                    break
-                items.append((seq, m.subject, m.data))
-            if items:
-                last = items[-1][0]
-                yield items
-            if len(items) < len(msgs):
-                return
-    finally:
-        try:
-            await psub.unsubscribe()
-        except Exception:  # the consumer is ephemeral; it expires on its own
-            pass
 
 
 # --- comparing with the live projection -------------------------------------------------------
@@ -209,33 +171,33 @@ class Verdict:
     live_source: str | None = None
 
 
-async def live_seq_via_rpc(nc: NATS, timeout: float = 5.0) -> int | None:
+async def live_seq_via_rpc(bus: Bus, timeout: float = 5.0) -> int | None:
     """The running aggregator's checkpoint, or None if no aggregator answers."""
     req = CurrentRequest(contextIds=["__probe__"], metrics=["performance"])
     try:
-        msg = await nc.request(subjects.RPC_METRICS_CURRENT, encode(req), timeout=timeout)
-    except (TimeoutError, nats.errors.Error):
+        raw = await bus.request(subjects.RPC_METRICS_CURRENT, encode(req), timeout=timeout)
+    except Unavailable:
         return None
-    reply = _current_decoder.decode(msg.data)
+    reply = _current_decoder.decode(raw)
     return None if reply.error else reply.seq
 
 
 async def live_via_rpc(
-    nc: NATS, contexts: list[str], now: int, upto: int, timeout: float = 30.0
+    bus: Bus, contexts: list[str], now: int, upto: int, timeout: float = 30.0
 ) -> LiveView:
     values: dict[str, dict[str, Any]] = {}
     seq = 0
     for i in range(0, len(contexts), 200):
         req = CurrentRequest(contextIds=contexts[i : i + 200], now=now, uptoSeq=upto)
-        msg = await nc.request(subjects.RPC_METRICS_CURRENT, encode(req), timeout=timeout)
-        reply = _current_decoder.decode(msg.data)
+        raw = await bus.request(subjects.RPC_METRICS_CURRENT, encode(req), timeout=timeout)
+        reply = _current_decoder.decode(raw)
         if reply.error:
             raise RuntimeError(f"aggregator: {reply.error}")
         values.update(reply.values)
         seq = reply.seq
     view = LiveView("aggregator", seq, values)
     q = await _rpc_query(
-        nc,
+        bus,
         f"SELECT (SELECT count(*) FROM events WHERE seq <= {upto}), "
         f"(SELECT count(DISTINCT seq) FROM events WHERE seq <= {upto}), "
         f"(SELECT count(*) FROM invalid_events WHERE seq <= {upto})",
@@ -245,18 +207,18 @@ async def live_via_rpc(
         r = q.rows[0]
         view.counts = (int(r[0]), int(r[1]), int(r[2]))
     q = await _rpc_query(
-        nc, f"SELECT DISTINCT context_id FROM events WHERE seq <= {upto} ORDER BY 1", timeout
+        bus, f"SELECT DISTINCT context_id FROM events WHERE seq <= {upto} ORDER BY 1", timeout
     )
     if not q.error and not q.truncated:
         view.contexts = [r[0] for r in q.rows]
     return view
 
 
-async def _rpc_query(nc: NATS, sql: str, timeout: float) -> QueryReply:
-    msg = await nc.request(
+async def _rpc_query(bus: Bus, sql: str, timeout: float) -> QueryReply:
+    raw = await bus.request(
         subjects.RPC_ANALYTICS_QUERY, encode(QueryRequest(sql=sql)), timeout=timeout
     )
-    reply: QueryReply = _query_decoder.decode(msg.data)
+    reply: QueryReply = _query_decoder.decode(raw)
     return reply
 
 
@@ -338,5 +300,6 @@ def verify(
     return verdict
 
 
-async def connect_cli(url: str) -> NATS:
-    return await connect_once(url, "atomic-guide-cli")
+async def connect_cli(url: str) -> NatsBus:
+    """A bus for a command-line tool: one bounded connection attempt, no reconnects."""
+    return NatsBus(load_settings({}), await connect_once(url, "atomic-guide-cli"))

@@ -60,7 +60,7 @@ class Settings:
     snapshot_every: int = 100  # a DocumentSnapshot event every N document versions
     collab_history: int = 1000  # operations a document keeps for transforming stale edits
     # Analytics aggregator: events per DuckDB transaction, periodic recompute, ad-hoc SQL
-    analytics_batch: int = 1000
+    analytics_batch: int = 20000
     metrics_tick_s: float = 5.0
     query_timeout_s: float = 30.0
     query_max_rows: int = 10000

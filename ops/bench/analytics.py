@@ -49,6 +49,7 @@ from ops.sim.events import random_event
 from services.analytics.projection import Projector
 from services.analytics.store import Store
 from shared import subjects
+from shared.bus.port import Entry
 from shared.schemas.analytics import CurrentReply, CurrentRequest
 from shared.schemas.wire import encode
 
@@ -102,7 +103,7 @@ def bench_projector(events: list[tuple[str, bytes]], batch: int) -> dict[str, An
     with tempfile.TemporaryDirectory(prefix="ag-bench-proj-") as tmp:
         store = Store(Path(tmp) / "events.duckdb")
         projector = Projector(store)
-        items = [(i + 1, s, d) for i, (s, d) in enumerate(events)]
+        items = [Entry(i + 1, s, d) for i, (s, d) in enumerate(events)]
         started = time.perf_counter()
         for i in range(0, len(items), batch):
             projector.apply(items[i : i + batch])
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--events", type=int, default=1_000_000)
-    p.add_argument("--batch", type=int, default=1000, help="events per DuckDB transaction")
+    p.add_argument("--batch", type=int, default=20000, help="events per DuckDB transaction")
     p.add_argument("--sync-interval", default="2m", help="nats-server sync_interval for (a), (b)")
     p.add_argument("--samples", type=int, default=300, help="latency samples")
     p.add_argument("--contexts", type=int, default=20, help="latency: contexts/sockets")

@@ -15,6 +15,7 @@ from services.analytics import metrics
 from services.analytics.projection import Projector
 from services.analytics.store import Store
 from shared import subjects
+from shared.bus.port import Entry
 from shared.timefmt import ms_to_ts
 
 NOW = 1_767_605_400_000  # 2026-01-05T09:30:00.000Z, on a minute boundary
@@ -23,13 +24,13 @@ MIN = 60_000
 
 
 class Log:
-    """Builds the event log of a test: (seq, subject, bytes), seq increasing from 1."""
+    """Builds the event log of a test: entries with seq increasing from 1."""
 
     def __init__(self) -> None:
-        self.items: list[tuple[int, str, bytes]] = []
+        self.items: list[Entry] = []
 
     def add(self, subject: str, event: dict[str, Any]) -> Log:
-        self.items.append((len(self.items) + 1, subject, json.dumps(event).encode()))
+        self.items.append(Entry(len(self.items) + 1, subject, json.dumps(event).encode()))
         return self
 
     def message(self, ctx: str, user: str, ts: int) -> Log:
@@ -351,13 +352,13 @@ def test_assessments_with_missing_or_invalid_scores_are_refused(
     tmp_path: Path, fields: dict[str, Any], reason: str
 ) -> None:
     log = Log().assessment("c", "a", NOW - 2, score=5, maxScore=10).assessment("c", "b", NOW - 1)
-    bad = dict(json.loads(log.items[-1][2]))
+    bad = dict(json.loads(log.items[-1].data))
     for k, v in fields.items():
         if v is None:
             bad.pop(k, None)
         else:
             bad[k] = v
-    log.items[-1] = (2, log.items[-1][1], json.dumps(bad).encode())
+    log.items[-1] = Entry(2, log.items[-1].subject, json.dumps(bad).encode())
     store = project(tmp_path, log)
     assert value(store, "performance")["submissions"] == 1
     assert value(store, "activity")["events"] == 1
@@ -368,8 +369,8 @@ def test_assessments_with_missing_or_invalid_scores_are_refused(
 
 def test_an_assessment_whose_subject_names_another_context_is_refused(tmp_path: Path) -> None:
     log = Log().assessment("c", "a", NOW - 1)
-    seq, _, data = log.items[0]
-    log.items[0] = (seq, subjects.learning("other", "assessment_submitted"), data)
+    first = log.items[0]
+    log.items[0] = Entry(first.seq, subjects.learning("other", "assessment_submitted"), first.data)
     store = project(tmp_path, log)
     assert value(store, "performance")["submissions"] == 0
     assert store.counts() == (0, 1)
@@ -378,11 +379,11 @@ def test_an_assessment_whose_subject_names_another_context_is_refused(tmp_path: 
 def test_garbage_in_the_log_is_recorded_not_fatal(tmp_path: Path) -> None:
     log = Log()
     log.items = [
-        (1, "ag.evt.chat.c.message", b"not json"),
-        (2, "ag.evt.chat.c.message", b"[1, 2]"),
-        (3, "ag.evt.chat.c.message", b'{"type": "chat.message", "contextId": "c"}'),
-        (4, "ag.evt.chat.c.message", b'{"type": "x", "contextId": "c", "ts": 1e30}'),
-        (5, "ag.evt.chat.c.message", b'{"type": "chat.message", "contextId": "c", "ts": 5}'),
+        Entry(1, "ag.evt.chat.c.message", b"not json"),
+        Entry(2, "ag.evt.chat.c.message", b"[1, 2]"),
+        Entry(3, "ag.evt.chat.c.message", b'{"type": "chat.message", "contextId": "c"}'),
+        Entry(4, "ag.evt.chat.c.message", b'{"type": "x", "contextId": "c", "ts": 1e30}'),
+        Entry(5, "ag.evt.chat.c.message", b'{"type": "chat.message", "contextId": "c", "ts": 5}'),
     ]
     log.message("c", "a", 2**63)  # would overflow BIGINT: refused, not a crash loop
     log.message("", "a", NOW)

@@ -9,11 +9,12 @@ import pytest
 
 from services.analytics.projection import Projector
 from services.analytics.store import Store
+from shared.bus.port import Entry
 
 NOW = 1_767_605_400_000
 
 
-def batch(first: int, n: int, ctx: str = "c") -> list[tuple[int, str, bytes]]:
+def batch(first: int, n: int, ctx: str = "c") -> list[Entry]:
     out = []
     for seq in range(first, first + n):
         ev = {
@@ -26,7 +27,7 @@ def batch(first: int, n: int, ctx: str = "c") -> list[tuple[int, str, bytes]]:
             "userName": "U",
             "content": "x",
         }
-        out.append((seq, f"ag.evt.chat.{ctx}.message", json.dumps(ev).encode()))
+        out.append(Entry(seq, f"ag.evt.chat.{ctx}.message", json.dumps(ev).encode()))
     return out
 
 
@@ -44,7 +45,7 @@ def test_a_failure_before_commit_stores_nothing_and_moves_no_checkpoint(tmp_path
 
     store.before_commit = crash
     with pytest.raises(Crash):
-        projector.apply(batch(11, 10) + [(21, "ag.evt.chat.c.message", b"garbage")])
+        projector.apply(batch(11, 10) + [Entry(21, "ag.evt.chat.c.message", b"garbage")])
     assert store.counts() == (10, 0)
     assert store.last_seq() == 10
     # The next batch must not be applied past the lost one (it would move the checkpoint).
@@ -58,7 +59,7 @@ def test_a_failure_before_commit_stores_nothing_and_moves_no_checkpoint(tmp_path
     store = Store(tmp_path / "e.duckdb")
     projector = Projector(store)
     assert projector.last_seq == 10
-    applied = projector.apply(batch(11, 10) + [(21, "ag.evt.chat.c.message", b"garbage")])
+    applied = projector.apply(batch(11, 10) + [Entry(21, "ag.evt.chat.c.message", b"garbage")])
     assert (applied.stored, applied.invalid, applied.skipped) == (10, 1, 0)
     assert store.counts() == (20, 1)
     assert store.last_seq() == 21
@@ -99,7 +100,7 @@ def test_applied_reports_which_metrics_each_context_needs(tmp_path: Path) -> Non
         "score": 1,
         "maxScore": 2,
     }
-    items.append((3, "ag.evt.learning.b.assessment_submitted", json.dumps(quiz).encode()))
+    items.append(Entry(3, "ag.evt.learning.b.assessment_submitted", json.dumps(quiz).encode()))
     applied = Projector(store).apply(items)
     assert applied.touched == {"a": {"activity", "engagement"}, "b": {"activity", "performance"}}
 

@@ -4,11 +4,13 @@
     python -m ops.bench.analytics --events 200000 --only ingest,replay
     atomic-guide bench analytics --only latency
 
-(a) ingest, two ways, both through the aggregator's own code:
-    - ``projector``: ``Projector.apply`` in-process on pre-encoded events (decode + validate +
-      DuckDB appender + checkpoint, one transaction per ``--batch`` events): the DuckDB path alone;
+(a) ingest, three ways:
+    - ``projector``: ``Projector.apply`` in-process on pre-encoded events (decode into columns,
+      validate, one Arrow insert + checkpoint per ``--batch`` events): the DuckDB path alone;
+    - ``read``: the whole log read once with nats-py's pull ``fetch`` (the baseline: the raw
+      library) and once with ``Bus.tail`` (the project's own parser), and their ratio;
     - ``aggregator``: a real ``python -m services.analytics`` process catching up on the whole
-      backlog in the stream (JetStream fetch, decode, append, commit, ack, metric recomputation).
+      backlog in the stream (tail, decode, insert, commit, metric recomputation).
 (b) replay: ``atomic-guide replay --no-swap`` as a subprocess on the same stream (rebuild into a
     fresh file with the progress bar, then verification against the running aggregator).
 (c) latency: nats-server + chat + gateway + aggregator; instructor sockets subscribed to
@@ -119,6 +121,47 @@ def bench_projector(events: list[tuple[str, bytes]], batch: int) -> dict[str, An
     }
 
 
+async def bench_read(url: str, total: int) -> dict[str, Any]:
+    """Read the whole log twice, touching each message's sequence, subject and data: with
+    nats-py's pull ``fetch`` (what the aggregator used before), then with ``Bus.tail``."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    from shared.bus.nats import connect
+    from shared.config import load_settings
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(
+        subjects.EVENTS_ALL,
+        durable="bench-read",
+        stream=subjects.EVENTS_STREAM,
+        config=ConsumerConfig(ack_policy=AckPolicy.NONE, mem_storage=True),
+    )
+    started, n = time.perf_counter(), 0
+    while n < total:
+        for m in await sub.fetch(10_000, timeout=10):
+            n += bool(m.metadata.sequence.stream and m.subject and m.data)
+    nats_py = n / (time.perf_counter() - started)
+    await sub.unsubscribe()
+    await js.delete_consumer(subjects.EVENTS_STREAM, "bench-read")
+    await nc.close()
+
+    bus = await connect(load_settings({"AG_NATS_URL": url}), "bench-read")
+    tail = bus.tail(subjects.EVENTS_ALL, 1)
+    started, n = time.perf_counter(), 0
+    while n < total:
+        for e in await tail.fetch(20_000, 10):
+            n += bool(e.seq and e.subject and e.data)
+    tailed = n / (time.perf_counter() - started)
+    await tail.close()
+    await bus.close()
+    return {
+        "nats_py_fetch_per_s": round(nats_py),
+        "tail_per_s": round(tailed),
+        "ratio": round(tailed / nats_py, 1),
+    }
+
+
 async def _seq(nc: Any) -> int | None:
     req = CurrentRequest(contextIds=["__probe__"], metrics=["performance"])
     try:
@@ -212,7 +255,10 @@ def run_backlog(n: int, batch: int, sync_interval: str, only: set[str]) -> dict[
         _log(f"appending {n:,} events to a nats-server with sync_interval={sync_interval}")
         results["log_append_events_per_s"] = round(asyncio.run(fill(server.url, events)))
         del events
-        _log("(a2) the aggregator process catching up on the backlog")
+        _log("(a2) reading the log: nats-py batch fetch (the baseline) against the log tail")
+        results["read"] = asyncio.run(bench_read(server.url, n))
+        _log(f"    {results['read']}")
+        _log("(a3) the aggregator process catching up on the backlog")
         proc, results["ingest_aggregator"] = asyncio.run(bench_aggregator(server.url, env, n))
         _log(f"    {results['ingest_aggregator']}")
         if "replay" in only:

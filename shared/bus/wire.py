@@ -8,10 +8,10 @@ sends. The grammar is the NATS client protocol's:
     HMSG <subject> <sid> [reply] <#header bytes> <#total bytes>␍␊<headers><payload>␍␊
     PING␍␊  PONG␍␊  +OK␍␊  -ERR <text>␍␊
 
-Why it exists beside nats-py: nats-py builds a message object, parses its headers and awaits a
-callback per message, about 5.5 µs each on the project's machine; parsing a whole read at once
-costs about 1.9 µs per message (``atomic-guide bench analytics`` reports both). Everything else
-(connecting with reconnects, JetStream requests, consumers) stays with nats-py.
+Why it exists beside nats-py: nats-py builds a message object, parses its headers and resolves
+a future or awaits a callback per message; parsing a whole read at once costs about 1 µs per
+message (``atomic-guide bench analytics`` compares the two ways of reading the log). Everything
+else (connecting with reconnects, JetStream requests, consumers) stays with nats-py.
 """
 
 from __future__ import annotations

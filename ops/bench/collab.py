@@ -110,47 +110,150 @@ async def _snapshot(url: str, token: str, session: str) -> tuple[str, int]:
     raise RuntimeError("no session_joined")
 
 
-async def _bench(url: str, tokens: list[str], seconds: float, seed: int) -> dict[str, Any]:
+async def _bench(
+    url: str, tokens: list[str], seconds: float, seed: int, docs: int = 1
+) -> dict[str, Any]:
+    """``tokens`` editors on each of ``docs`` documents (one ``_Shared`` per document)."""
     rng = random.Random(seed)
-    shared = _Shared()
-    session = f"bench-{seed}"
+    sessions = [f"bench-{seed}-{d}" for d in range(docs)]
+    shared = {s: _Shared() for s in sessions}
     stop_at = time.monotonic() + seconds
     started = time.perf_counter()
-    clients = [
-        asyncio.create_task(
-            _client(url, tok, session, random.Random(rng.random()), stop_at, shared)
-        )
-        for tok in tokens
-    ]
-    while shared.synced < len(tokens) and not any(c.done() for c in clients):
+    clients = {
+        s: [
+            asyncio.create_task(
+                _client(url, tok, s, random.Random(rng.random()), stop_at, shared[s])
+            )
+            for tok in tokens
+        ]
+        for s in sessions
+    }
+    every = [c for cs in clients.values() for c in cs]
+    while sum(sh.synced for sh in shared.values()) < len(every) and not any(
+        c.done() for c in every
+    ):
         await asyncio.sleep(0.05)  # polling the clients' progress
     elapsed = time.perf_counter() - started
-    content, version = await _snapshot(url, tokens[0], session)
-    shared.target = version
-    editors = await asyncio.wait_for(asyncio.gather(*clients), 30)
-    lat = sorted(shared.latencies) or [0.0]
+    converged = True
+    for s in sessions:
+        content, version = await _snapshot(url, tokens[0], s)
+        shared[s].target = version
+        editors = await asyncio.wait_for(asyncio.gather(*clients[s]), 30)
+        converged &= all(ed.text == content and ed.version == version for ed in editors)
+    acked = sum(sh.acked for sh in shared.values())
     return {
-        "editors": len(tokens),
+        "documents": docs,
+        "editors_per_document": len(tokens),
         "seconds": round(elapsed, 2),
-        "edits": shared.acked,
-        "edits_per_s": round(shared.acked / elapsed, 1),
-        "ack_p50_ms": round(lat[len(lat) // 2] * 1000, 2),
-        "ack_p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 2),
-        "version": version,
-        "converged": all(ed.text == content and ed.version == version for ed in editors),
+        "edits": acked,
+        "edits_per_s": round(acked / elapsed, 1),
+        **_percentiles([x for sh in shared.values() for x in sh.latencies]),
+        "converged": converged,
     }
 
 
-def run(editors: int = 10, seconds: float = 10.0, seed: int = 0) -> dict[str, Any]:
+def _percentiles(latencies: list[float]) -> dict[str, float]:
+    lat = sorted(latencies) or [0.0]
+    return {
+        "ack_p50_ms": round(lat[len(lat) // 2] * 1000, 2),
+        "ack_p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 2),
+    }
+
+
+async def _direct(url: str, docs: int, editors: int, seconds: float) -> dict[str, Any]:
+    """The service alone: virtual editors submit edit commands straight to the work queue (as a
+    gateway does) and wait for each result, one in flight each; no gateway, no sockets."""
+    import uuid
+
+    import msgspec
+
+    from shared import subjects
+    from shared.bus.nats import connect
+    from shared.config import load_settings
+    from shared.schemas.commands import CommandResult, EditCommand, Origin
+    from shared.schemas.wire import encode
+    from shared.timefmt import now_ms
+
+    bus = await connect(load_settings({"AG_NATS_URL": url}), "bench-collab-direct")
+    gateway = f"bench-{uuid.uuid4().hex[:8]}"
+    waiting: dict[str, asyncio.Future[CommandResult]] = {}
+    decoder = msgspec.json.Decoder(CommandResult)
+
+    async def on_result(msg: Any) -> None:
+        result = decoder.decode(msg.data)
+        fut = waiting.pop(result.requestId, None)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+
+    sub = await bus.subscribe(subjects.gateway_replies(gateway), on_result)
+    latencies: list[float] = []
+    stop_at = time.monotonic() + seconds
+    loop = asyncio.get_running_loop()
+
+    async def editor(doc: str, i: int) -> int:
+        version = done = 0
+        origin = Origin(gateway, f"{doc}-{i}", f"u{i}", f"User {i}")
+        subject = subjects.collab_commands("bench", doc)
+        while time.monotonic() < stop_at:
+            rid = uuid.uuid4().hex
+            cmd = EditCommand(
+                requestId=rid,
+                contextId="bench",
+                sessionId=doc,
+                origin=origin,
+                operation="insert",
+                position=0,
+                version=version,
+                content="x",
+                deadline=now_ms() + 10_000,
+            )
+            fut = waiting[rid] = loop.create_future()
+            sent = time.perf_counter()
+            await bus.submit(subject, encode(cmd))
+            result = await asyncio.wait_for(fut, 15)
+            latencies.append(time.perf_counter() - sent)
+            if result.ok is None:
+                raise RuntimeError(f"edit refused: {result}")
+            version = result.ok["version"]
+            done += 1
+        return done
+
+    started = time.perf_counter()
+    counts = await asyncio.gather(
+        *(editor(f"direct-{d}", i) for d in range(docs) for i in range(editors))
+    )
+    elapsed = time.perf_counter() - started
+    await sub.unsubscribe()
+    await bus.close()
+    return {
+        "mode": "service only (no gateway, no sockets)",
+        "documents": docs,
+        "editors_per_document": editors,
+        "seconds": round(elapsed, 2),
+        "edits": sum(counts),
+        "edits_per_s": round(sum(counts) / elapsed, 1),
+        **_percentiles(latencies),
+    }
+
+
+def run(
+    editors: int = 10,
+    seconds: float = 10.0,
+    seed: int = 0,
+    docs: int = 1,
+    direct: bool = False,
+) -> dict[str, Any]:
     from ops.bench.harness import BenchStack
 
     sync = os.environ.get("AG_NATS_SYNC_INTERVAL", "always")
     with BenchStack(["collaboration", "gateway"], sync_interval=sync) as stack:
         assert stack.nats is not None
         asyncio.run(_wait_service(stack.nats.url))
+        if direct:
+            return asyncio.run(_direct(stack.nats.url, docs, editors, seconds))
         tokens = [stack.token(f"u{i}", "bench") for i in range(editors)]
         url = f"ws://127.0.0.1:{stack.port}/api/collaboration/ws"
-        return asyncio.run(_bench(url, tokens, seconds, seed))
+        return asyncio.run(_bench(url, tokens, seconds, seed, docs))
 
 
 async def _wait_service(url: str, timeout: float = 30.0) -> None:
@@ -181,8 +284,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("editors", nargs="?", type=int, default=10)
     parser.add_argument("seconds", nargs="?", type=float, default=10.0)
     parser.add_argument("seed", nargs="?", type=int, default=0)
+    parser.add_argument("--docs", type=int, default=1, help="documents, each with `editors`")
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="the collaboration service alone: commands straight onto NATS, no sockets",
+    )
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.editors, args.seconds, args.seed), indent=2))
+    result = run(args.editors, args.seconds, args.seed, args.docs, args.direct)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

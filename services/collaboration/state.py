@@ -236,7 +236,9 @@ class DocState:
         return self.doc.version // every > self.snapshot_version // every
 
     def snapshot_event(self, now_ms: int, horizon_ms: int) -> DocumentSnapshot:
-        recent = [v.seq for v in self._dedup.values() if v.seq and v.ts >= horizon_ms]
+        # Entries are recorded in log order, so the first one still in the window has the
+        # smallest sequence of them all: no need to scan the whole window (it can hold 100k's).
+        first = next((v.seq for v in self._dedup.values() if v.seq and v.ts >= horizon_ms), 0)
         return DocumentSnapshot(
             contextId=self.context_id,
             ts=now_ms,
@@ -244,7 +246,7 @@ class DocState:
             version=self.doc.version,
             content=self.doc.content,
             editSeq=self.last_seq,
-            dedupFrom=min(recent, default=0),
+            dedupFrom=first,
             previousSeq=self.snapshot_seq,
         )
 

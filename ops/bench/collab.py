@@ -42,7 +42,8 @@ async def _client(
     import websockets
 
     ws = await websockets.connect(f"{url}?token={token}&contextId=bench", max_size=None)
-    await ws.send(json.dumps({"type": "join_session", "id": "j", "data": {"sessionId": session}}))
+    join = {"type": "join_session", "id": "j", "data": {"sessionId": session}}
+    await ws.send(json.dumps(join))
     editor: Editor | None = None
     sent_at: dict[str, float] = {}
     counter = 0
@@ -79,6 +80,9 @@ async def _client(
                 shared.latencies.append(time.perf_counter() - sent_at.pop(frame["id"]))
                 shared.acked += 1
                 await send(editor.ack(data["version"]))
+            elif kind == "error" and frame.get("id") == "j" and data.get("code") == "unavailable":
+                await asyncio.sleep(rng.uniform(0.2, 1.0))  # as the SDK does: re-send, same id
+                await ws.send(json.dumps(join))
             elif kind == "error":
                 raise RuntimeError(f"server error: {frame}")
             if editor is None or time.monotonic() < stop_at or not editor.synced:

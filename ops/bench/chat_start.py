@@ -1,0 +1,180 @@
+"""Chat service start on a large log: time to ready, memory, and history/recovery latency.
+
+Writes ``--messages`` chat messages over ``--rooms`` rooms to a fresh nats-server (async
+publishes, ``sync_interval`` relaxed so writing them does not take long; reading is unaffected),
+then starts a real ``python -m services.chat`` and reports:
+
+- ``ready_s``: from spawn until the service announces itself ready (``ag.ctl.chat.ready``);
+- ``rss_mb`` / ``peak_rss_mb``: its resident memory once ready (``VmRSS``, ``VmHWM``);
+- ``history_ms`` / ``recovery_ms``: p50/p99 of ``--samples`` history requests (newest 50) and
+  recovery requests (``afterSeq`` 100 behind) to random rooms, through the service's RPC.
+
+    python -m ops.bench.chat_start --messages 1000000 --rooms 1000
+    atomic-guide bench chat_start --messages 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+
+from ops.natsd import start_nats
+from shared import subjects
+from shared.schemas.commands import HistoryReply, HistoryRequest
+from shared.schemas.events import ChatMessagePosted, encode_event
+from shared.schemas.wire import encode
+
+__all__ = ["main", "run"]
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+async def _fill(url: str, messages: int, rooms: int) -> list[int]:
+    from ops.streams import ensure_streams
+
+    nc = await nats.connect(url)
+    js = nc.jetstream(publish_async_max_pending=20_000)
+    await ensure_streams(js)
+    seqs = [0] * rooms
+    now = int(time.time() * 1000) - messages  # a message a millisecond, ending now
+    for i in range(messages):
+        room = i % rooms
+        seqs[room] += 1
+        ev = ChatMessagePosted(
+            contextId=f"course-{room}",
+            ts=now + i,
+            messageId=f"m{i}",
+            seq=seqs[room],
+            userId=f"user-{i % 997}",
+            userName="A Learner",
+            content="a course message of ordinary length, as learners write them",
+        )
+        await js.publish_async(subjects.chat_messages(ev.contextId), encode_event(ev))
+        if (i + 1) % 200_000 == 0:
+            await js.publish_async_completed()
+            _log(f"appended {i + 1:,}/{messages:,}")
+    await js.publish_async_completed()
+    await nc.close()
+    return seqs
+
+
+def _rss(pid: int) -> tuple[float, float]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+async def _measure(
+    url: str, env: dict[str, str], seqs: list[int], samples: int, log: Any
+) -> dict[str, Any]:
+    nc = await nats.connect(url)
+    ready = asyncio.get_running_loop().create_future()
+
+    async def on_ready(_: Any) -> None:
+        if not ready.done():
+            ready.set_result(time.perf_counter())
+
+    await nc.subscribe(subjects.CHAT_READY, cb=on_ready)
+    await nc.flush()
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.chat"], env=env, stdout=log, stderr=log
+    )
+    try:
+        ready_at = await asyncio.wait_for(ready, 600)
+        rss, peak = _rss(proc.pid)
+        rng = random.Random(1)
+        decoder = msgspec.json.Decoder(HistoryReply)
+
+        async def timed(req: HistoryRequest) -> float:
+            t = time.perf_counter()
+            reply = decoder.decode((await nc.request(subjects.RPC_CHAT_HISTORY, encode(req))).data)
+            assert reply.messages, "a room of the log answered no history"
+            return time.perf_counter() - t
+
+        history, recovery = [], []
+        for _ in range(samples):
+            room = rng.randrange(len(seqs))
+            ctx = f"course-{room}"
+            history.append(await timed(HistoryRequest(ctx, limit=50)))
+            after = max(seqs[room] - 100, 0)
+            recovery.append(await timed(HistoryRequest(ctx, afterSeq=after)))
+        rss_after, peak_after = _rss(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        await nc.close()
+
+    def pct(xs: list[float]) -> dict[str, float]:
+        xs.sort()
+        return {
+            "p50": round(xs[len(xs) // 2] * 1000, 2),
+            "p99": round(xs[int(len(xs) * 0.99)] * 1000, 2),
+        }
+
+    return {
+        "ready_s": round(ready_at - started, 2),
+        "rss_mb": round(rss, 1),
+        "peak_rss_mb": round(max(peak, peak_after), 1),
+        "rss_after_reads_mb": round(rss_after, 1),
+        "history_ms": pct(history),
+        "recovery_ms": pct(recovery),
+    }
+
+
+def run(messages: int, rooms: int, samples: int, sync_interval: str) -> dict[str, Any]:
+    data = Path(tempfile.mkdtemp(prefix="ag-bench-chat-start-"))
+    server = start_nats(data / "nats", sync_interval, data / "nats.log")
+    try:
+        _log(f"appending {messages:,} chat messages over {rooms:,} rooms")
+        started = time.perf_counter()
+        seqs = asyncio.run(_fill(server.url, messages, rooms))
+        _log(f"    {messages / (time.perf_counter() - started):,.0f} events/s")
+        env = {
+            **os.environ,
+            "AG_NATS_URL": server.url,
+            "AG_DATA_DIR": str(data),
+            "AG_LOG_LEVEL": "warning",
+        }
+        _log("starting the chat service on it")
+        with open(data / "chat.log", "ab") as log:
+            result = asyncio.run(_measure(server.url, env, seqs, samples, log))
+        return {"messages": messages, "rooms": rooms, **result}
+    finally:
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m ops.bench.chat_start",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--messages", type=int, default=1_000_000)
+    p.add_argument("--rooms", type=int, default=1000)
+    p.add_argument("--samples", type=int, default=500)
+    p.add_argument("--sync-interval", default="2m")
+    a = p.parse_args(argv)
+    print(json.dumps(run(a.messages, a.rooms, a.samples, a.sync_interval), indent=2))
+
+
+if __name__ == "__main__":
+    main()

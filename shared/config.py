@@ -54,6 +54,9 @@ class Settings:
     recovery_max: int = 1000
     dedup_window_s: float = 120.0
     command_timeout_s: float = 5.0
+    # The chat service keeps the newest messages of the rooms in use; the rest is read from the log
+    chat_cache_rooms: int = 1000  # rooms in memory at most (least recently used leave first)
+    chat_recent_messages: int = 100  # newest messages a room in memory keeps
     # Analytics and collaboration
     metrics_window_s: int = 900
     doc_max_bytes: int = 1048576
@@ -99,6 +102,8 @@ _POSITIVE = {
     "recovery_max",
     "dedup_window_s",
     "command_timeout_s",
+    "chat_cache_rooms",
+    "chat_recent_messages",
     "metrics_window_s",
     "doc_max_bytes",
     "snapshot_every",

@@ -170,6 +170,16 @@ class CommandWorker(Generic[K, S, C]):
         if slot is not None:
             slot.state = None
 
+    def evict(self, key: K) -> bool:
+        """Drop an aggregate nothing is using (memory bounds); False if it is busy."""
+        slot = self._slots.get(key)
+        if slot is None:
+            return True
+        if slot.task is not None or slot.queue or slot.lock.locked():
+            return False
+        del self._slots[key]
+        return True
+
     def tidy(self) -> None:
         """Drop aggregates nobody used for a while (a periodic call)."""
         now = time.monotonic()

@@ -1,7 +1,11 @@
 """One chat room's state, a projection of its message events (sans-I/O).
 
 ``apply`` is the only mutation and takes events in log order, so the same log always rebuilds
-the same room: seq, history and the dedup index of client frame ids.
+the same room: seq, the newest messages and the dedup index of client frame ids.
+
+The log is the database: a room keeps only its newest messages (``keep``; None keeps all) and
+is loaded from the tail of its subject, so ``history`` and ``after`` answer from memory what
+they can and raise ``NotKept`` when the range reaches past it (the service then reads the log).
 """
 
 from __future__ import annotations
@@ -11,12 +15,19 @@ import bisect
 from shared.schemas.events import ChatMessagePosted, dedup_key
 from shared.schemas.wire import message_wire
 
-__all__ = ["Room", "message_wire"]
+__all__ = ["NotKept", "Room", "message_wire"]
+
+
+class NotKept(LookupError):
+    """The range asked for reaches back past the messages the room keeps: read the log."""
 
 
 class Room:
     __slots__ = (
         "context_id",
+        "keep",
+        "base",
+        "_seq",
         "messages",
         "_ts",
         "_log_seqs",
@@ -25,8 +36,11 @@ class Room:
         "unsure",
     )
 
-    def __init__(self, context_id: str) -> None:
+    def __init__(self, context_id: str, keep: int | None = None) -> None:
         self.context_id = context_id
+        self.keep = keep
+        self.base = 0  # the seq before messages[0]: a room loaded from its tail starts later
+        self._seq = 0
         self.messages: list[ChatMessagePosted] = []
         self._ts: list[int] = []  # message timestamps, for `before` cursors (non-decreasing)
         self._log_seqs: list[int] = []  # each message's stream sequence
@@ -40,12 +54,15 @@ class Room:
 
     @property
     def seq(self) -> int:
-        return self.messages[-1].seq if self.messages else 0
+        return self._seq
 
     def apply(self, ev: ChatMessagePosted, stream_seq: int) -> bool:
         """Add a logged message; False if it is already applied (redelivery, replay overlap)."""
-        if stream_seq <= self.last_subject_seq or ev.seq <= self.seq:
+        if stream_seq <= self.last_subject_seq or ev.seq <= self._seq:
             return False
+        if not self.messages:
+            self.base = ev.seq - 1
+        self._seq = ev.seq
         self.messages.append(ev)
         # Timestamps come from one chat service clock; clamp so a clock step back keeps order.
         self._ts.append(max(ev.ts, self._ts[-1]) if self._ts else ev.ts)
@@ -54,6 +71,10 @@ class Room:
         key = dedup_key(ev.userId, ev.clientId, ev.requestId)
         if key is not None:
             self._dedup[key] = (ev.messageId, ev.seq, ev.ts)
+        if self.keep is not None and len(self.messages) >= 2 * self.keep:
+            cut = len(self.messages) - self.keep  # trimmed in steps: amortised O(1)
+            del self.messages[:cut], self._ts[:cut], self._log_seqs[:cut]
+            self.base += cut
         return True
 
     def skip(self, stream_seq: int) -> None:
@@ -69,11 +90,13 @@ class Room:
             self.unsure.add(ev.seq)
 
     def message(self, seq: int) -> ChatMessagePosted | None:
-        return self.messages[seq - 1] if 1 <= seq <= len(self.messages) else None
+        i = seq - self.base - 1
+        return self.messages[i] if 0 <= i < len(self.messages) else None
 
     def log_seq(self, seq: int) -> int | None:
         """The stream sequence of message ``seq``."""
-        return self._log_seqs[seq - 1] if 1 <= seq <= len(self._log_seqs) else None
+        i = seq - self.base - 1
+        return self._log_seqs[i] if 0 <= i < len(self._log_seqs) else None
 
     def duplicate_of(
         self, user_id: str, client_id: str | None, request_id: str | None = None
@@ -92,20 +115,31 @@ class Room:
     def history(
         self, limit: int, before_ms: int | None = None, before_seq: int | None = None
     ) -> tuple[list[ChatMessagePosted], bool]:
-        """The newest ``limit`` messages strictly before the cursors, oldest first, and hasMore."""
+        """The newest ``limit`` messages strictly before the cursors, oldest first, and hasMore
+        (``NotKept`` when they reach back past the messages kept)."""
         end = len(self.messages)
         if before_seq is not None:
-            # seq is 1..n with no gaps, so message k sits at index k-1
-            end = min(end, max(before_seq - 1, 0))
+            # seq is base+1..n with no gaps, so message k sits at index k-base-1
+            end = min(end, max(before_seq - self.base - 1, 0))
         if before_ms is not None:
-            end = min(end, bisect.bisect_left(self._ts, before_ms))
-        start = max(0, end - limit)
-        return self.messages[start:end], start > 0
+            i = bisect.bisect_left(self._ts, before_ms)
+            if i == 0 and self.base:
+                raise NotKept  # the first message at or after before_ms may be older
+            end = min(end, i)
+        start = end - limit
+        if start < 0 and self.base:
+            raise NotKept
+        start = max(start, 0)
+        return self.messages[start:end], start + self.base > 0
 
     def after(self, seq: int, cap: int) -> tuple[list[ChatMessagePosted], bool]:
-        """Every message with a higher seq, or ([], True) when more than ``cap`` were missed."""
-        start = min(max(seq, 0), len(self.messages))
-        missed = len(self.messages) - start
+        """Every message with a higher seq, or ([], True) when more than ``cap`` were missed
+        (``NotKept`` when they reach back past the messages kept)."""
+        missed = self._seq - max(seq, 0)
         if missed > cap:
             return [], True
-        return self.messages[start:], False
+        if missed <= 0:
+            return [], False
+        if seq < self.base:
+            raise NotKept
+        return self.messages[seq - self.base :], False

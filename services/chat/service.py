@@ -6,8 +6,12 @@ the worker appends each room's share of a batch atomically with the room's expec
 sequence, then ``commit`` applies the events to the room and ``publish`` broadcasts them. Reads
 (``history``, recovery) and presence are request/reply and heartbeats on the bus.
 
-Rooms are projections of their events in the log, rebuilt at start and whenever an append finds
-the log ahead of the room (a second writer, a crash between an append and its answer).
+Rooms are projections of the tail of their subject in the log, loaded on first use and again
+whenever an append finds the log ahead of the room (a second writer, a crash between an append
+and its answer). The log is the database: a room in memory keeps its seq, its newest messages
+and the dedup window; history and recovery past those read the room's subject (``roomlog``);
+at most ``AG_CHAT_CACHE_ROOMS`` rooms stay in memory. Start-up reads presence events only, so
+it takes the same time however many messages the log holds.
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
 import msgspec
 
 from services.chat import metrics
 from services.chat.decide import ChatNotes, decide
 from services.chat.presence import Change, Presence
-from services.chat.room import Room
+from services.chat.room import NotKept, Room
+from services.chat.roomlog import RoomLog
 from shared import subjects, tasks
 from shared.bus.port import Bus, Message, Unavailable
 from shared.config import Settings
@@ -64,8 +70,10 @@ class ChatRooms:
     def __init__(self, settings: Settings, bus: Bus) -> None:
         self.settings = settings
         self.bus = bus
-        self.rooms: dict[str, Room] = {}  # every room in memory, as the worker last loaded it
+        # The rooms in memory as the worker last loaded them, least recently used first.
+        self.rooms: OrderedDict[str, Room] = OrderedDict()
         self.limiter = KeyedLimiter(settings.rate_broadcasts_per_minute)
+        self.evict: Callable[[str], bool] = lambda _: True  # the worker's, once it exists
 
     # --- the worker's side ----------------------------------------------------------------
     def decode(self, data: bytes) -> PostMessage:
@@ -81,19 +89,51 @@ class ChatRooms:
         return subjects.gateway_replies(cmd.origin.gatewayId)
 
     async def load(self, context_id: str) -> Room:
-        """The room rebuilt from its subject in the log (the log is the truth)."""
-        room = Room(context_id)
-        for entry in await self.bus.read(subjects.chat_messages(context_id)):
-            ev = decode_logged(entry.data, entry.seq, entry.subject, "chat")
-            if isinstance(ev, ChatMessagePosted):
-                room.apply(ev, entry.seq)
-            else:
-                room.skip(entry.seq)
-        room.mark_unsure_since(now_ms() - int(2 * self.settings.dedup_window_s * 1000))
+        """The room from the tail of its subject: its newest messages and the dedup window."""
+        keep = self.settings.chat_recent_messages
+        room = Room(context_id, keep)
+        log = RoomLog(self.bus, context_id)
+        last = await log.last()
+        horizon = now_ms() - int(2 * self.settings.dedup_window_s * 1000)
+        ev = None if last is None else decode_logged(last.data, last.seq, last.subject, "chat")
+        if last is not None and not isinstance(ev, ChatMessagePosted):
+            # The last entry is not a message: read the whole subject (rare, and correct).
+            for entry in await self.bus.read(log.subject):
+                msg = decode_logged(entry.data, entry.seq, entry.subject, "chat")
+                if isinstance(msg, ChatMessagePosted):
+                    room.apply(msg, entry.seq)
+                else:
+                    room.skip(entry.seq)
+        elif isinstance(ev, ChatMessagePosted):
+            # The newest `keep` messages, then further back until the dedup window is in.
+            n = ev.seq
+            hits = await log.from_seq(max(n - keep + 1, 1), n)
+            span = keep
+            while hits and hits[0].event.seq > 1 and hits[0].event.ts >= horizon:
+                span *= 2
+                older = await log.from_seq(max(hits[0].event.seq - span, 1), span)
+                older = [h for h in older if h.event.seq < hits[0].event.seq]
+                if not older:
+                    break
+                hits = older + hits
+            for hit in hits:
+                room.apply(hit.event, hit.entry.seq)
+        room.mark_unsure_since(horizon)
         self.rooms[context_id] = room
+        self.rooms.move_to_end(context_id)
+        self._bound()
         return room
 
+    def _bound(self) -> None:
+        """Drop the least recently used rooms the worker is not using, down to the cap."""
+        over = len(self.rooms) - self.settings.chat_cache_rooms
+        for context_id in list(self.rooms)[: max(over, 0)]:
+            if self.evict(context_id):
+                del self.rooms[context_id]
+
     def decide(self, room: Room, cmds: Sequence[PostMessage], now: int) -> Decision[PostMessage]:
+        if room.context_id in self.rooms:
+            self.rooms.move_to_end(room.context_id)  # recently used: the last to leave memory
         mono = time.monotonic()
         return decide(room, cmds, now, lambda ctx: self.limiter.hit(ctx, mono))
 
@@ -120,33 +160,17 @@ class ChatRooms:
             await self.bus.publish(subjects.chat_live(ev.contextId), message_frame(ev), headers)
 
     # --- start-up ---------------------------------------------------------------------------
-    async def rebuild_all(self, presence: Presence) -> None:
-        """Every room and who was present, from the whole chat part of the log."""
+    async def rebuild_presence(self, presence: Presence) -> None:
+        """Who was present, from the presence events alone (NATS filters them server-side)."""
         count = 0
-        for entry in await self.bus.read(subjects.CHAT_EVENTS_ALL):
+        for entry in await self.bus.read(subjects.CHAT_PRESENCE_ALL):
             count += 1
-            ev = decode_logged(entry.data, entry.seq, entry.subject, "chat")
-            match ev:
-                case None:
-                    context_id = subjects.chat_room_of(entry.subject)
-                    if context_id is not None:
-                        self._room(context_id).skip(entry.seq)
-                case ChatMessagePosted():
-                    self._room(ev.contextId).apply(ev, entry.seq)
-                case UserJoined():
+            match decode_logged(entry.data, entry.seq, entry.subject, "chat"):
+                case UserJoined() as ev:
                     presence.assume(ev.contextId, ev.userId, ev.userName, True)
-                case UserLeft():
+                case UserLeft() as ev:
                     presence.assume(ev.contextId, ev.userId, ev.userName, False)
-        horizon = now_ms() - int(2 * self.settings.dedup_window_s * 1000)
-        for room in self.rooms.values():
-            room.mark_unsure_since(horizon)
-        log.info("chat state rebuilt", extra={"events": count, "rooms": len(self.rooms)})
-
-    def _room(self, context_id: str) -> Room:
-        room = self.rooms.get(context_id)
-        if room is None:
-            room = self.rooms[context_id] = Room(context_id)
-        return room
+        log.info("chat presence rebuilt", extra={"events": count})
 
 
 class ChatService:
@@ -155,6 +179,7 @@ class ChatService:
         self.bus = bus
         self.rooms = ChatRooms(settings, bus)
         self.worker = CommandWorker(bus, self.rooms)
+        self.rooms.evict = self.worker.evict
         self.presence = Presence()
         self.book = PresenceBook(settings.heartbeat_s, [(self.presence, self._announce)])
         self._subs: list[object] = []
@@ -163,8 +188,7 @@ class ChatService:
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.rooms.rebuild_all(self.presence)
-        self.worker.preload(self.rooms.rooms)
+        await self.rooms.rebuild_presence(self.presence)
         self._started = time.monotonic()
         bus = self.bus
         self._subs = [
@@ -177,7 +201,7 @@ class ChatService:
         # A predecessor may have died between an append and its broadcast: gateways check their
         # rooms against the log now, instead of at the room's next message.
         await bus.publish(subjects.CHAT_READY, b"")
-        log.info("chat ready", extra={"rooms": len(self.rooms.rooms)})
+        log.info("chat ready")
 
     async def stop(self) -> None:
         await tasks.stop([self._ticker])
@@ -191,21 +215,60 @@ class ChatService:
             req = _history_decoder.decode(msg.data)
         except msgspec.DecodeError:
             return
-        room = self.rooms.rooms.get(req.contextId) or Room(req.contextId)
+        try:
+            body = await self._history(req)
+        except Unavailable as exc:
+            log.warning("history not read", extra={"error": str(exc)})
+            return  # the gateway answers `unavailable`
+        await msg.respond(body)
+
+    async def _history(self, req: HistoryRequest) -> bytes:
+        """From the room in memory when it has the messages, else from the room's subject."""
+        room = self.rooms.rooms.get(req.contextId)
+        log = RoomLog(self.bus, req.contextId)
+        if room is not None:
+            last = room.seq
+        else:
+            entry = await log.last()
+            ev = (
+                None
+                if entry is None
+                else decode_logged(entry.data, entry.seq, entry.subject, "chat")
+            )
+            last = ev.seq if isinstance(ev, ChatMessagePosted) else 0
+            if entry is not None and not isinstance(ev, ChatMessagePosted):
+                room = await self.worker_load(req.contextId)  # not a message last: read it all
+                last = room.seq
         limit = self.bus.max_payload - 4096  # what one reply may carry, headers aside
         if req.afterSeq is not None:
-            events, truncated = room.after(req.afterSeq, req.cap)
-            body = encode(HistoryReply([message_data(e) for e in events], lastSeq=room.seq))
+            try:
+                if room is None:
+                    raise NotKept
+                got = room.after(req.afterSeq, req.cap)
+            except NotKept:
+                got = await _after(log, last, req.afterSeq, req.cap)
+            events, truncated = got
+            body = encode(HistoryReply([message_data(e) for e in events], lastSeq=last))
             if len(body) > limit or truncated:  # never a partial replay: say truncated
-                body = encode(HistoryReply([], truncated=True, lastSeq=room.seq))
-        else:
-            events, more = room.history(req.limit, req.beforeMs, req.beforeSeq)
-            wire = [message_data(e) for e in events]
-            body = encode(HistoryReply(wire, hasMore=more, lastSeq=room.seq))
-            while len(body) > limit and wire:  # keep the newest that fit; the rest is hasMore
-                wire = wire[max(1, len(wire) // 4) :]
-                body = encode(HistoryReply(wire, hasMore=True, lastSeq=room.seq))
-        await msg.respond(body)
+                body = encode(HistoryReply([], truncated=True, lastSeq=last))
+            return body
+        try:
+            if room is None:
+                raise NotKept
+            page = room.history(req.limit, req.beforeMs, req.beforeSeq)
+        except NotKept:
+            page = await _history(log, last, req.limit, req.beforeMs, req.beforeSeq)
+        events, more = page
+        wire = [message_data(e) for e in events]
+        body = encode(HistoryReply(wire, hasMore=more, lastSeq=last))
+        while len(body) > limit and wire:  # keep the newest that fit; the rest is hasMore
+            wire = wire[max(1, len(wire) // 4) :]
+            body = encode(HistoryReply(wire, hasMore=True, lastSeq=last))
+        return body
+
+    async def worker_load(self, context_id: str) -> Room:
+        async with self.worker.holding(context_id) as room:
+            return room
 
     # --- presence -------------------------------------------------------------------------
     async def _on_presence(self, msg: Message) -> None:
@@ -276,8 +339,39 @@ class ChatService:
         horizon = now_ms() - int(self.settings.dedup_window_s * 1000) * 2
         for room in self.rooms.rooms.values():
             room.forget_before(horizon)
+        self.rooms._bound()  # rooms the worker was busy with at their load may go now
         metrics.ROOMS.set(len(self.rooms.rooms))
         try:
             metrics.CONSUMER_PENDING.set(await self.worker.pending())
         except Exception:  # NATS away: the gauge keeps its last value
             pass
+
+
+async def _history(
+    log: RoomLog, last: int, limit: int, before_ms: int | None, before_seq: int | None
+) -> tuple[list[ChatMessagePosted], bool]:
+    """``Room.history`` on the room's subject: the newest ``limit`` before the cursors."""
+    end = last + 1  # the seq after the page
+    if before_seq is not None:
+        end = min(end, max(before_seq, 1))
+    if before_ms is not None:
+        at = await log.seek(lambda e: e.ts, before_ms)
+        if at is not None:
+            end = min(end, at.event.seq)
+    start = max(1, end - limit)
+    if end <= start:
+        return [], False
+    page = [h.event for h in await log.from_seq(start, end - start) if h.event.seq < end]
+    return page, start > 1
+
+
+async def _after(
+    log: RoomLog, last: int, seq: int, cap: int
+) -> tuple[list[ChatMessagePosted], bool]:
+    """``Room.after`` on the room's subject."""
+    missed = last - max(seq, 0)
+    if missed > cap:
+        return [], True
+    if missed <= 0:
+        return [], False
+    return [h.event for h in await log.from_seq(seq + 1, missed) if h.event.seq <= last], False

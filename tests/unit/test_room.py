@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from services.chat.room import Room, message_wire
+import pytest
+
+from services.chat.room import NotKept, Room, message_wire
 from shared.schemas.events import ChatMessagePosted
 
 
@@ -71,3 +73,22 @@ def test_message_wire_shape() -> None:
         "author": {"id": "u", "name": "U"},
         "timestamp": "2026-01-05T09:30:00.123Z",
     }
+
+
+def test_a_room_keeps_its_newest_messages_and_says_when_a_range_is_past_them() -> None:
+    room = Room("c", keep=3)
+    for i in range(1, 11):
+        assert room.apply(ev(i, 1000 * i), 10 * i)
+    assert room.seq == 10 and 3 <= len(room.messages) < 6
+    assert room.message(10) is not None and room.message(1) is None
+    assert room.log_seq(10) == 100 and room.log_seq(1) is None
+    msgs, more = room.history(2)
+    assert [m.seq for m in msgs] == [9, 10] and more
+    for cursors in [{"limit": 50}, {"limit": 2, "before_seq": 3}, {"limit": 2, "before_ms": 1000}]:
+        with pytest.raises(NotKept):
+            room.history(**cursors)
+    msgs, truncated = room.after(8, cap=5)
+    assert [m.seq for m in msgs] == [9, 10] and not truncated
+    assert room.after(1, cap=5) == ([], True)
+    with pytest.raises(NotKept):
+        room.after(2, cap=100)

@@ -1,0 +1,213 @@
+"""The log is the chat service's database: rooms load from their tail, history and recovery past
+what a room keeps are read from its subject, and only a bounded number of rooms stay in memory.
+
+Each answer from the log is checked against a room that keeps everything (``Room(keep=None)``,
+the reference), on the in-memory bus and on a real nats-server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from ops.natsd import start_nats
+from services.chat.room import Room
+from services.chat.roomlog import RoomLog
+from services.chat.service import ChatService
+from shared import subjects
+from shared.bus.memory import MemoryBus
+from shared.bus.nats import connect, ensure_streams
+from shared.bus.port import Bus
+from shared.config import load_settings
+from shared.schemas.commands import HistoryRequest, Origin, PostMessage
+from shared.schemas.events import ChatMessagePosted, encode_event
+from shared.schemas.wire import encode
+from shared.timefmt import now_ms
+from tests.bus_support import Tap
+
+ROOMS = ("a", "b", "c", "d")
+N = 40  # messages per room, interleaved in the log with the others' and some garbage
+# "d" is uneven: half its messages early in the log, half late (interpolation guesses wrong)
+
+
+@contextlib.asynccontextmanager
+async def a_bus(kind: str, tmp_path: Path) -> AsyncIterator[Bus]:
+    if kind == "memory":
+        mem = MemoryBus()
+        yield mem
+        await mem.close()
+        return
+    server = start_nats(tmp_path / "nats", log_file=tmp_path / "nats.log")
+    try:
+        bus = await connect(load_settings({"AG_NATS_URL": server.url}), "roomlog")
+        await ensure_streams(bus.js, 1, 60)
+        yield bus
+        await bus.close()
+    finally:
+        server.stop()
+
+
+def message(ctx: str, seq: int, ts: int) -> ChatMessagePosted:
+    return ChatMessagePosted(
+        contextId=ctx,
+        ts=ts,
+        messageId=f"{ctx}{seq}",
+        seq=seq,
+        userId="u",
+        userName="U",
+        content=f"{ctx} says {seq}",
+        clientId=f"k{ctx}{seq}",
+    )
+
+
+async def fill(bus: Bus, start_ts: int) -> dict[str, Room]:
+    """The log, and the reference rooms that keep everything."""
+    ref = {ctx: Room(ctx) for ctx in ROOMS}
+    for i in range(1, N + 1):
+        for ctx in ROOMS[:3]:
+            ev = message(ctx, i, start_ts + 1000 * i)
+            done = await bus.append(
+                subjects.chat_messages(ctx), encode_event(ev), msg_id=ev.messageId
+            )
+            assert ref[ctx].apply(ev, done.seq)
+        if i % 13 == 0:  # something undecodable on a room's subject now and then
+            junk = await bus.append(subjects.chat_messages("b"), b"{not json", msg_id=f"j{i}")
+            ref["b"].skip(junk.seq)
+        if i < 3 or i > N - 18:
+            for _ in range(N // 20):
+                d = ref["d"].seq + 1
+                ev = message("d", d, start_ts + 1000 * d)
+                done = await bus.append(
+                    subjects.chat_messages("d"), encode_event(ev), msg_id=f"d{d}"
+                )
+                assert ref["d"].apply(ev, done.seq)
+    assert ref["d"].seq == N
+    return ref
+
+
+@pytest.fixture(params=["memory", "nats"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+# (limit, cursor kind, message number the cursor names)
+CURSORS: list[tuple[int, str, int]] = [
+    (10, "none", 0),
+    (50, "none", 0),
+    (5, "seq", 1),
+    (5, "seq", 2),
+    (7, "seq", 20),
+    (100, "seq", 30),
+    (3, "seq", 999),
+    (4, "ts", 1),
+    (4, "ts", 17),
+    (6, "ts", 41),
+    (6, "both", 25),
+]
+
+
+async def test_history_and_recovery_from_the_log_match_a_room_that_keeps_everything(
+    kind: str, tmp_path: Path
+) -> None:
+    t0 = 1_700_000_000_000
+    async with a_bus(kind, tmp_path) as bus:
+        ref = await fill(bus, t0)
+        settings = load_settings({"AG_CHAT_RECENT_MESSAGES": "4", "AG_HEARTBEAT_S": "60"})
+        svc = ChatService(settings, bus)
+        for ctx in ROOMS:
+            small = await svc.rooms.load(ctx)  # keeps 4..8 newest: most pages need the log
+            assert small.seq == N and len(small.messages) < 8
+            assert small.last_subject_seq == ref[ctx].last_subject_seq
+            for cached in (True, False):
+                if not cached:
+                    svc.rooms.rooms.clear()  # not in memory at all: everything from the log
+                for limit, by, at in CURSORS:
+                    before_ms = t0 + 1000 * at if by in ("ts", "both") else None
+                    before_seq = at if by in ("seq", "both") else None
+                    req = HistoryRequest(ctx, limit=limit, beforeMs=before_ms, beforeSeq=before_seq)
+                    got = json.loads(await svc._history(req))
+                    want, more = ref[ctx].history(limit, before_ms, before_seq)
+                    assert [m["seq"] for m in got["messages"]] == [m.seq for m in want], (
+                        limit,
+                        by,
+                        at,
+                    )
+                    assert got["hasMore"] == more and got["lastSeq"] == N
+                for after, cap in [(0, 100), (0, 10), (3, 50), (35, 10), (N, 5), (N + 3, 5)]:
+                    got = json.loads(
+                        await svc._history(HistoryRequest(ctx, afterSeq=after, cap=cap))
+                    )
+                    want, truncated = ref[ctx].after(after, cap)
+                    assert [m["seq"] for m in got["messages"]] == [m.seq for m in want]
+                    assert got["truncated"] == truncated
+
+
+async def test_seek_finds_the_first_message_at_or_past_a_key(kind: str, tmp_path: Path) -> None:
+    async with a_bus(kind, tmp_path) as bus:
+        await fill(bus, 0)
+        log = RoomLog(bus, "b")
+        for target in (-5, 1, 2, 13, 14, 39, 40):
+            hit = await log.seek(lambda e: e.seq, target)
+            assert hit is not None and hit.event.seq == max(target, 1)
+        assert await log.seek(lambda e: e.seq, 41) is None
+        assert await RoomLog(bus, "nobody").seek(lambda e: e.seq, 1) is None
+
+
+async def test_from_seq_reads_a_rooms_messages_from_a_seq_on(kind: str, tmp_path: Path) -> None:
+    async with a_bus(kind, tmp_path) as bus:
+        ref = await fill(bus, 0)
+        for ctx in ROOMS:
+            for seq in (-3, 1, 2, 17, 33, 39, 40, 41, 99):
+                for count in (1, 5, 100):
+                    got = await RoomLog(bus, ctx).from_seq(seq, count)
+                    want = [m for m in ref[ctx].messages if m.seq >= seq][:count]
+                    assert [h.event for h in got] == want, (ctx, seq, count)
+                    assert [h.entry.seq for h in got] == [ref[ctx].log_seq(m.seq) for m in want]
+
+
+def replied(tap: Tap, count: int) -> bool:
+    return len(tap.of("ag.reply")) >= count
+
+
+def post(ctx: str, cid: str) -> PostMessage:
+    return PostMessage(
+        requestId=uuid.uuid4().hex,
+        contextId=ctx,
+        origin=Origin("gw", "conn", "u", "U"),
+        content="hello",
+        messageType="text",
+        clientId=cid,
+        deadline=now_ms() + 5000,
+    )
+
+
+async def test_start_reads_no_messages_and_rooms_go_on_from_their_tail() -> None:
+    bus = MemoryBus()
+    await fill(bus, now_ms() - 1000 * (N + 1))  # recent: all in the dedup window
+    settings = load_settings(
+        {"AG_CHAT_RECENT_MESSAGES": "4", "AG_CHAT_CACHE_ROOMS": "2", "AG_HEARTBEAT_S": "60"}
+    )
+    svc = ChatService(settings, bus)
+    tap = await Tap().watch(bus, subjects.gateway_replies("gw"))
+    await svc.start()
+    try:
+        assert not svc.rooms.rooms  # nothing loaded at start
+        # a frame id stored long before the newest four: still found (the dedup window)
+        await bus.submit(subjects.chat_commands("a"), encode(post("a", "ka3")))
+        await bus.submit(subjects.chat_commands("a"), encode(post("a", "new")))
+        await tap.until(lambda: len(tap.of("ag.reply")) == 2)
+        seqs = sorted(r["ok"]["seq"] for r in tap.of("ag.reply"))
+        assert seqs == [3, N + 1]
+        for ctx in ("b", "c"):
+            count = len(tap.of("ag.reply")) + 1
+            await bus.submit(subjects.chat_commands(ctx), encode(post(ctx, "x")))
+            await tap.until(partial(replied, tap, count))
+        assert len(svc.rooms.rooms) <= 2  # the least recently used room left memory
+        assert {r["ok"]["seq"] for r in tap.of("ag.reply")[2:]} == {N + 1}
+    finally:
+        await svc.stop()

@@ -7,7 +7,10 @@ then starts a real ``python -m services.chat`` and reports:
 - ``ready_s``: from spawn until the service announces itself ready (``ag.ctl.chat.ready``);
 - ``rss_mb`` / ``peak_rss_mb``: its resident memory once ready (``VmRSS``, ``VmHWM``);
 - ``history_ms`` / ``recovery_ms``: p50/p99 of ``--samples`` history requests (newest 50) and
-  recovery requests (``afterSeq`` 100 behind) to random rooms, through the service's RPC.
+  recovery requests (``afterSeq`` 100 behind) to random rooms, through the service's RPC (the
+  rooms are not in memory: these read the log);
+- ``first_post_ms`` and ``rss_every_room_loaded_mb``: one message posted to every room (as a
+  gateway's command; each loads its room from the tail of its subject), and the memory after.
 
     python -m ops.bench.chat_start --messages 1000000 --rooms 1000
     atomic-guide bench chat_start --messages 200000
@@ -117,6 +120,8 @@ async def _measure(
             after = max(seqs[room] - 100, 0)
             recovery.append(await timed(HistoryRequest(ctx, afterSeq=after)))
         rss_after, peak_after = _rss(proc.pid)
+        posts = await _post_everywhere(nc, len(seqs))
+        rss_loaded, peak_loaded = _rss(proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -136,7 +141,59 @@ async def _measure(
         "rss_after_reads_mb": round(rss_after, 1),
         "history_ms": pct(history),
         "recovery_ms": pct(recovery),
+        "first_post_ms": pct(posts),
+        "rss_every_room_loaded_mb": round(rss_loaded, 1),
+        "peak_rss_mb_overall": round(max(peak, peak_after, peak_loaded), 1),
     }
+
+
+async def _post_everywhere(nc: Any, rooms: int) -> list[float]:
+    """One message into every room, 20 at a time, as a gateway sends commands: each is the
+    room's first use since start, so the time includes loading it from the log."""
+    import uuid
+
+    from shared.schemas.commands import CommandResult, Origin, PostMessage
+    from shared.timefmt import now_ms
+
+    gateway = f"bench-{uuid.uuid4().hex[:8]}"
+    waiting: dict[str, asyncio.Future[CommandResult]] = {}
+    decoder = msgspec.json.Decoder(CommandResult)
+
+    async def on_result(msg: Any) -> None:
+        result = decoder.decode(msg.data)
+        fut = waiting.pop(result.requestId, None)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+
+    sub = await nc.subscribe(subjects.gateway_replies(gateway), cb=on_result)
+    js = nc.jetstream()
+    latencies: list[float] = []
+    gate = asyncio.Semaphore(20)
+    loop = asyncio.get_running_loop()
+
+    async def post(room: int) -> None:
+        async with gate:
+            rid = uuid.uuid4().hex
+            cmd = PostMessage(
+                requestId=rid,
+                contextId=f"course-{room}",
+                origin=Origin(gateway, f"c{room}", "bench", "Bench"),
+                content="hello again",
+                messageType="text",
+                clientId=None,
+                deadline=now_ms() + 30_000,
+            )
+            fut = waiting[rid] = loop.create_future()
+            started = time.perf_counter()
+            await js.publish(subjects.chat_commands(cmd.contextId), encode(cmd))
+            result = await asyncio.wait_for(fut, 60)
+            if result.ok is None:
+                raise RuntimeError(f"post refused: {result}")
+            latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(post(r) for r in range(rooms)))
+    await sub.unsubscribe()
+    return latencies
 
 
 def run(messages: int, rooms: int, samples: int, sync_interval: str) -> dict[str, Any]:

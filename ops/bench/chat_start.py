@@ -120,7 +120,7 @@ async def _measure(
             after = max(seqs[room] - 100, 0)
             recovery.append(await timed(HistoryRequest(ctx, afterSeq=after)))
         rss_after, peak_after = _rss(proc.pid)
-        posts = await _post_everywhere(nc, len(seqs))
+        posts = await _post_everywhere(url, len(seqs))
         rss_loaded, peak_loaded = _rss(proc.pid)
     finally:
         proc.terminate()
@@ -147,52 +147,41 @@ async def _measure(
     }
 
 
-async def _post_everywhere(nc: Any, rooms: int) -> list[float]:
+async def _post_everywhere(url: str, rooms: int) -> list[float]:
     """One message into every room, 20 at a time, as a gateway sends commands: each is the
     room's first use since start, so the time includes loading it from the log."""
     import uuid
 
-    from shared.schemas.commands import CommandResult, Origin, PostMessage
+    from ops.sim.gateway import StandInGateway
+    from shared.bus.nats import connect
+    from shared.config import load_settings
+    from shared.schemas.commands import PostMessage
     from shared.timefmt import now_ms
 
-    gateway = f"bench-{uuid.uuid4().hex[:8]}"
-    waiting: dict[str, asyncio.Future[CommandResult]] = {}
-    decoder = msgspec.json.Decoder(CommandResult)
-
-    async def on_result(msg: Any) -> None:
-        result = decoder.decode(msg.data)
-        fut = waiting.pop(result.requestId, None)
-        if fut is not None and not fut.done():
-            fut.set_result(result)
-
-    sub = await nc.subscribe(subjects.gateway_replies(gateway), cb=on_result)
-    js = nc.jetstream()
+    bus = await connect(load_settings({"AG_NATS_URL": url}), "bench-chat-start")
     latencies: list[float] = []
     gate = asyncio.Semaphore(20)
-    loop = asyncio.get_running_loop()
 
-    async def post(room: int) -> None:
+    async def post(gateway: StandInGateway, room: int) -> None:
         async with gate:
-            rid = uuid.uuid4().hex
             cmd = PostMessage(
-                requestId=rid,
+                requestId=uuid.uuid4().hex,
                 contextId=f"course-{room}",
-                origin=Origin(gateway, f"c{room}", "bench", "Bench"),
+                origin=gateway.origin(f"c{room}", "bench"),
                 content="hello again",
                 messageType="text",
                 clientId=None,
                 deadline=now_ms() + 30_000,
             )
-            fut = waiting[rid] = loop.create_future()
             started = time.perf_counter()
-            await js.publish(subjects.chat_commands(cmd.contextId), encode(cmd))
-            result = await asyncio.wait_for(fut, 60)
+            result = await gateway.call(subjects.chat_commands(cmd.contextId), cmd)
             if result.ok is None:
                 raise RuntimeError(f"post refused: {result}")
             latencies.append(time.perf_counter() - started)
 
-    await asyncio.gather(*(post(r) for r in range(rooms)))
-    await sub.unsubscribe()
+    async with StandInGateway(bus) as gateway:
+        await asyncio.gather(*(post(gateway, r) for r in range(rooms)))
+    await bus.close()
     return latencies
 
 

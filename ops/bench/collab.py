@@ -169,39 +169,24 @@ async def _direct(url: str, docs: int, editors: int, seconds: float) -> dict[str
     gateway does) and wait for each result, one in flight each; no gateway, no sockets."""
     import uuid
 
-    import msgspec
-
+    from ops.sim.gateway import StandInGateway
     from shared import subjects
     from shared.bus.nats import connect
     from shared.config import load_settings
-    from shared.schemas.commands import CommandResult, EditCommand, Origin
-    from shared.schemas.wire import encode
+    from shared.schemas.commands import EditCommand
     from shared.timefmt import now_ms
 
     bus = await connect(load_settings({"AG_NATS_URL": url}), "bench-collab-direct")
-    gateway = f"bench-{uuid.uuid4().hex[:8]}"
-    waiting: dict[str, asyncio.Future[CommandResult]] = {}
-    decoder = msgspec.json.Decoder(CommandResult)
-
-    async def on_result(msg: Any) -> None:
-        result = decoder.decode(msg.data)
-        fut = waiting.pop(result.requestId, None)
-        if fut is not None and not fut.done():
-            fut.set_result(result)
-
-    sub = await bus.subscribe(subjects.gateway_replies(gateway), on_result)
     latencies: list[float] = []
     stop_at = time.monotonic() + seconds
-    loop = asyncio.get_running_loop()
 
-    async def editor(doc: str, i: int) -> int:
+    async def editor(gateway: StandInGateway, doc: str, i: int) -> int:
         version = done = 0
-        origin = Origin(gateway, f"{doc}-{i}", f"u{i}", f"User {i}")
+        origin = gateway.origin(f"{doc}-{i}", f"u{i}")
         subject = subjects.collab_commands("bench", doc)
         while time.monotonic() < stop_at:
-            rid = uuid.uuid4().hex
             cmd = EditCommand(
-                requestId=rid,
+                requestId=uuid.uuid4().hex,
                 contextId="bench",
                 sessionId=doc,
                 origin=origin,
@@ -211,10 +196,8 @@ async def _direct(url: str, docs: int, editors: int, seconds: float) -> dict[str
                 content="x",
                 deadline=now_ms() + 10_000,
             )
-            fut = waiting[rid] = loop.create_future()
             sent = time.perf_counter()
-            await bus.submit(subject, encode(cmd))
-            result = await asyncio.wait_for(fut, 15)
+            result = await gateway.call(subject, cmd, 15)
             latencies.append(time.perf_counter() - sent)
             if result.ok is None:
                 raise RuntimeError(f"edit refused: {result}")
@@ -223,11 +206,11 @@ async def _direct(url: str, docs: int, editors: int, seconds: float) -> dict[str
         return done
 
     started = time.perf_counter()
-    counts = await asyncio.gather(
-        *(editor(f"direct-{d}", i) for d in range(docs) for i in range(editors))
-    )
+    async with StandInGateway(bus) as gateway:
+        counts = await asyncio.gather(
+            *(editor(gateway, f"direct-{d}", i) for d in range(docs) for i in range(editors))
+        )
     elapsed = time.perf_counter() - started
-    await sub.unsubscribe()
     await bus.close()
     return {
         "mode": "service only (no gateway, no sockets)",

@@ -33,6 +33,20 @@ def nats_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("nats_server").url)
 
 
+@pytest.fixture
+async def nats_bus(nats_url: str) -> AsyncIterator[Any]:
+    """A ``NatsBus`` on the test's nats-server, streams provisioned (duplicate window 60 s)."""
+    from shared.bus.nats import connect, ensure_streams
+    from shared.config import load_settings
+
+    bus = await connect(load_settings({"AG_NATS_URL": nats_url}), "test")
+    await ensure_streams(bus.js, 1, 60)
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
 async def _provision(url: str) -> None:
     import nats
 

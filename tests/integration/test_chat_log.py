@@ -6,22 +6,18 @@ the reference), on the in-memory bus and on a real nats-server."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
 from functools import partial
-from pathlib import Path
 
 import pytest
 
-from ops.natsd import start_nats
 from services.chat.room import Room
 from services.chat.roomlog import RoomLog
 from services.chat.service import ChatService
 from shared import subjects
 from shared.bus.memory import MemoryBus
-from shared.bus.nats import connect, ensure_streams
 from shared.bus.port import Bus
 from shared.config import load_settings
 from shared.schemas.commands import HistoryRequest, Origin, PostMessage
@@ -33,23 +29,6 @@ from tests.bus_support import Tap
 ROOMS = ("a", "b", "c", "d")
 N = 40  # messages per room, interleaved in the log with the others' and some garbage
 # "d" is uneven: half its messages early in the log, half late (interpolation guesses wrong)
-
-
-@contextlib.asynccontextmanager
-async def a_bus(kind: str, tmp_path: Path) -> AsyncIterator[Bus]:
-    if kind == "memory":
-        mem = MemoryBus()
-        yield mem
-        await mem.close()
-        return
-    server = start_nats(tmp_path / "nats", log_file=tmp_path / "nats.log")
-    try:
-        bus = await connect(load_settings({"AG_NATS_URL": server.url}), "roomlog")
-        await ensure_streams(bus.js, 1, 60)
-        yield bus
-        await bus.close()
-    finally:
-        server.stop()
 
 
 def message(ctx: str, seq: int, ts: int) -> ChatMessagePosted:
@@ -90,9 +69,16 @@ async def fill(bus: Bus, start_ts: int) -> dict[str, Room]:
     return ref
 
 
-@pytest.fixture(params=["memory", "nats"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+@pytest.fixture
+async def memory_bus() -> AsyncIterator[MemoryBus]:
+    mem = MemoryBus()
+    yield mem
+    await mem.close()
+
+
+@pytest.fixture(params=["memory_bus", "nats_bus"])
+def bus(request: pytest.FixtureRequest) -> Bus:
+    return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
 
 
 # (limit, cursor kind, message number the cursor names)
@@ -112,62 +98,57 @@ CURSORS: list[tuple[int, str, int]] = [
 
 
 async def test_history_and_recovery_from_the_log_match_a_room_that_keeps_everything(
-    kind: str, tmp_path: Path
+    bus: Bus,
 ) -> None:
     t0 = 1_700_000_000_000
-    async with a_bus(kind, tmp_path) as bus:
-        ref = await fill(bus, t0)
-        settings = load_settings({"AG_CHAT_RECENT_MESSAGES": "4", "AG_HEARTBEAT_S": "60"})
-        svc = ChatService(settings, bus)
-        for ctx in ROOMS:
-            small = await svc.rooms.load(ctx)  # keeps 4..8 newest: most pages need the log
-            assert small.seq == N and len(small.messages) < 8
-            assert small.last_subject_seq == ref[ctx].last_subject_seq
-            for cached in (True, False):
-                if not cached:
-                    svc.rooms.rooms.clear()  # not in memory at all: everything from the log
-                for limit, by, at in CURSORS:
-                    before_ms = t0 + 1000 * at if by in ("ts", "both") else None
-                    before_seq = at if by in ("seq", "both") else None
-                    req = HistoryRequest(ctx, limit=limit, beforeMs=before_ms, beforeSeq=before_seq)
-                    got = json.loads(await svc._history(req))
-                    want, more = ref[ctx].history(limit, before_ms, before_seq)
-                    assert [m["seq"] for m in got["messages"]] == [m.seq for m in want], (
-                        limit,
-                        by,
-                        at,
-                    )
-                    assert got["hasMore"] == more and got["lastSeq"] == N
-                for after, cap in [(0, 100), (0, 10), (3, 50), (35, 10), (N, 5), (N + 3, 5)]:
-                    got = json.loads(
-                        await svc._history(HistoryRequest(ctx, afterSeq=after, cap=cap))
-                    )
-                    want, truncated = ref[ctx].after(after, cap)
-                    assert [m["seq"] for m in got["messages"]] == [m.seq for m in want]
-                    assert got["truncated"] == truncated
+    ref = await fill(bus, t0)
+    settings = load_settings({"AG_CHAT_RECENT_MESSAGES": "4", "AG_HEARTBEAT_S": "60"})
+    svc = ChatService(settings, bus)
+    for ctx in ROOMS:
+        small = await svc.rooms.load(ctx)  # keeps 4..8 newest: most pages need the log
+        assert small.seq == N and len(small.messages) < 8
+        assert small.last_subject_seq == ref[ctx].last_subject_seq
+        for cached in (True, False):
+            if not cached:
+                svc.rooms.rooms.clear()  # not in memory at all: everything from the log
+            for limit, by, at in CURSORS:
+                before_ms = t0 + 1000 * at if by in ("ts", "both") else None
+                before_seq = at if by in ("seq", "both") else None
+                req = HistoryRequest(ctx, limit=limit, beforeMs=before_ms, beforeSeq=before_seq)
+                got = json.loads(await svc._history(req))
+                want, more = ref[ctx].history(limit, before_ms, before_seq)
+                assert [m["seq"] for m in got["messages"]] == [m.seq for m in want], (
+                    limit,
+                    by,
+                    at,
+                )
+                assert got["hasMore"] == more and got["lastSeq"] == N
+            for after, cap in [(0, 100), (0, 10), (3, 50), (35, 10), (N, 5), (N + 3, 5)]:
+                got = json.loads(await svc._history(HistoryRequest(ctx, afterSeq=after, cap=cap)))
+                want, truncated = ref[ctx].after(after, cap)
+                assert [m["seq"] for m in got["messages"]] == [m.seq for m in want]
+                assert got["truncated"] == truncated
 
 
-async def test_seek_finds_the_first_message_at_or_past_a_key(kind: str, tmp_path: Path) -> None:
-    async with a_bus(kind, tmp_path) as bus:
-        await fill(bus, 0)
-        log = RoomLog(bus, "b")
-        for target in (-5, 1, 2, 13, 14, 39, 40):
-            hit = await log.seek(lambda e: e.seq, target)
-            assert hit is not None and hit.event.seq == max(target, 1)
-        assert await log.seek(lambda e: e.seq, 41) is None
-        assert await RoomLog(bus, "nobody").seek(lambda e: e.seq, 1) is None
+async def test_seek_finds_the_first_message_at_or_past_a_key(bus: Bus) -> None:
+    await fill(bus, 0)
+    log = RoomLog(bus, "b")
+    for target in (-5, 1, 2, 13, 14, 39, 40):
+        hit = await log.seek(lambda e: e.seq, target)
+        assert hit is not None and hit.event.seq == max(target, 1)
+    assert await log.seek(lambda e: e.seq, 41) is None
+    assert await RoomLog(bus, "nobody").seek(lambda e: e.seq, 1) is None
 
 
-async def test_from_seq_reads_a_rooms_messages_from_a_seq_on(kind: str, tmp_path: Path) -> None:
-    async with a_bus(kind, tmp_path) as bus:
-        ref = await fill(bus, 0)
-        for ctx in ROOMS:
-            for seq in (-3, 1, 2, 17, 33, 39, 40, 41, 99):
-                for count in (1, 5, 100):
-                    got = await RoomLog(bus, ctx).from_seq(seq, count)
-                    want = [m for m in ref[ctx].messages if m.seq >= seq][:count]
-                    assert [h.event for h in got] == want, (ctx, seq, count)
-                    assert [h.entry.seq for h in got] == [ref[ctx].log_seq(m.seq) for m in want]
+async def test_from_seq_reads_a_rooms_messages_from_a_seq_on(bus: Bus) -> None:
+    ref = await fill(bus, 0)
+    for ctx in ROOMS:
+        for seq in (-3, 1, 2, 17, 33, 39, 40, 41, 99):
+            for count in (1, 5, 100):
+                got = await RoomLog(bus, ctx).from_seq(seq, count)
+                want = [m for m in ref[ctx].messages if m.seq >= seq][:count]
+                assert [h.event for h in got] == want, (ctx, seq, count)
+                assert [h.entry.seq for h in got] == [ref[ctx].log_seq(m.seq) for m in want]
 
 
 def replied(tap: Tap, count: int) -> bool:

@@ -4,33 +4,22 @@ server forgets its consumer or the delivery sequence skips."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from ops.natsd import start_nats
 from shared import subjects
 from shared.bus import wire
-from shared.bus.nats import NatsBus, connect, ensure_streams
+from shared.bus.nats import NatsBus
 from shared.bus.nats_tail import Tail
 from shared.bus.port import Entry
-from shared.config import load_settings
 from tests.conftest import T
 
 N = 1200
 
 
 @pytest.fixture
-async def bus(tmp_path: Path) -> AsyncIterator[NatsBus]:
-    server = start_nats(tmp_path / "nats", log_file=tmp_path / "nats.log")
-    try:
-        b = await connect(load_settings({"AG_NATS_URL": server.url}), "tail-test")
-        await ensure_streams(b.js, 1, 60)
-        yield b
-        await b.close()
-    finally:
-        server.stop()
+def bus(nats_bus: NatsBus) -> NatsBus:
+    return nats_bus
 
 
 @pytest.fixture(autouse=True)

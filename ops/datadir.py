@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["DataDirInUse", "DataDirLock"]
+__all__ = ["DataDirInUse", "DataDirLock", "pid_running"]
 
 LOCK_NAME = "up.lock"
 
@@ -41,7 +41,7 @@ class DataDirLock:
                 break
             except BlockingIOError:
                 holder, what = _read(fd)
-                if holder is not None and _alive(holder):
+                if holder is not None and pid_running(holder):
                     os.close(fd)
                     raise DataDirInUse(
                         f"data dir {self.path.parent} is in use by {what} (pid {holder})"
@@ -72,11 +72,16 @@ def _read(fd: int) -> tuple[int | None, str]:
         return None, "atomic-guide up"
 
 
-def _alive(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
+    """``pid`` is a live process (a zombie, exited but not yet reaped, is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc: kill(0) said it exists

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ops.datadir import pid_running
 from tests.conftest import T
 from tests.helpers import ROOT, TEST_ENV, free_port, http_status, wait_until
 
@@ -118,7 +119,7 @@ class UpStack:
     def alive(self) -> set[int]:
         """Every child pid ever started that is still running."""
         self.pids()
-        return {pid for pid in self.seen if _running(pid)}
+        return {pid for pid in self.seen if pid_running(pid)}
 
     # --- the end --------------------------------------------------------------------------
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
@@ -153,17 +154,3 @@ class UpStack:
         deadline = time.monotonic() + T(10)
         while self.alive() and time.monotonic() < deadline:
             time.sleep(0.05)  # waiting for killed processes to be reaped
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) is not running
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False

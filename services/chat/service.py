@@ -127,9 +127,12 @@ class ChatRooms:
     def _bound(self) -> None:
         """Drop the least recently used rooms the worker is not using, down to the cap."""
         over = len(self.rooms) - self.settings.chat_cache_rooms
-        for context_id in list(self.rooms)[: max(over, 0)]:
+        for context_id in list(self.rooms):
+            if over <= 0:
+                return
             if self.evict(context_id):
                 del self.rooms[context_id]
+                over -= 1
 
     def decide(self, room: Room, cmds: Sequence[PostMessage], now: int) -> Decision[PostMessage]:
         if room.context_id in self.rooms:
@@ -146,6 +149,7 @@ class ChatRooms:
         """The live ``message`` frames. Gateways deliver a room's frames in ``seq`` order and fill
         any gap from the log first (``AG-Log-Seq`` says where to read from), so a frame lost here
         (a crash right after the append) is never a hole in what a client sees."""
+        self._bound()  # rooms that were busy when the last one loaded may be idle now
         notes: ChatNotes = decision.extra
         for seq in notes.again:
             room.unsure.discard(seq)

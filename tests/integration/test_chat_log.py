@@ -192,3 +192,38 @@ async def test_start_reads_no_messages_and_rooms_go_on_from_their_tail() -> None
         assert {r["ok"]["seq"] for r in tap.of("ag.reply")[2:]} == {N + 1}
     finally:
         await svc.stop()
+
+
+async def test_rooms_leaving_and_coming_back_keep_seq_and_dedup(memory_bus: MemoryBus) -> None:
+    """Many rooms through a cache of two, each keeping three messages: rooms are evicted and
+    reloaded from their tail all the time, and every seq stays gapless and every re-sent id is
+    answered with its first seq, never stored twice."""
+    bus = memory_bus
+    settings = load_settings(
+        {"AG_CHAT_RECENT_MESSAGES": "3", "AG_CHAT_CACHE_ROOMS": "2", "AG_HEARTBEAT_S": "60"}
+    )
+    svc = ChatService(settings, bus)
+    tap = await Tap().watch(bus, subjects.gateway_replies("gw"))
+    await svc.start()
+    rooms = [f"r{i}" for i in range(6)]
+    try:
+        sent = 0
+        for round_ in range(8):
+            for ctx in rooms:
+                await bus.submit(subjects.chat_commands(ctx), encode(post(ctx, f"{ctx}-{round_}")))
+                sent += 1
+                if round_ >= 2:  # an id from two rounds ago, re-sent: long out of the three kept
+                    again = f"{ctx}-{round_ - 2}"
+                    await bus.submit(subjects.chat_commands(ctx), encode(post(ctx, again)))
+                    sent += 1
+            await tap.until(partial(replied, tap, sent))
+            assert len(svc.rooms.rooms) <= 2 + 1  # the cap, give or take the room in use
+        for ctx in rooms:
+            stored = [h.event.seq for h in await RoomLog(bus, ctx).from_seq(1, 1000)]
+            assert stored == list(range(1, 9)), ctx  # 8 posts, no doubles, no gaps
+        by_id: dict[str, set[int]] = {}
+        for reply in tap.of("ag.reply"):
+            by_id.setdefault(reply["clientId"], set()).add(reply["ok"]["seq"])
+        assert all(len(seqs) == 1 for seqs in by_id.values())  # a re-send gets the first seq
+    finally:
+        await svc.stop()

@@ -127,6 +127,8 @@ class ChatRooms:
     def _bound(self) -> None:
         """Drop the least recently used rooms the worker is not using, down to the cap."""
         over = len(self.rooms) - self.settings.chat_cache_rooms
+        if over <= 0:
+            return  # the common case, once per batch: nothing to look at
         for context_id in list(self.rooms):
             if over <= 0:
                 return

@@ -1,4 +1,5 @@
-"""The bus over NATS JetStream (with ``nats_tail``, the only modules that import ``nats``).
+"""The bus over NATS JetStream (this module and its ``nats_*`` parts are the only ones that
+import ``nats``: streams, the command queue, the log tail).
 
 - The event log is the stream ``AG_EVENTS``; an append carries ``Nats-Msg-Id`` (stored once in
   the stream's duplicate window) and, when asked, ``Nats-Expected-Last-Subject-Sequence``.
@@ -30,21 +31,14 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DiscardPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
 
 from shared import subjects
+from shared.bus.nats_commands import CommandQueue
+from shared.bus.nats_streams import describe_streams, ensure_streams, stream_configs
 from shared.bus.nats_tail import Tail
 from shared.bus.port import (
     Appended,
     Bus,
-    Command,
     Conflict,
     Entry,
     Handler,
@@ -141,83 +135,6 @@ async def connect_once(url: str, name: str, timeout: float = 3.0) -> NATS:
         raise NatsUnreachable(url, reason) from None
 
 
-# --- streams ---------------------------------------------------------------------------------
-def stream_configs(replicas: int = 1, dedup_window_s: float = 120.0) -> list[StreamConfig]:
-    return [
-        # The source of truth: kept forever, every projection rebuilds from it.
-        StreamConfig(
-            name=subjects.EVENTS_STREAM,
-            subjects=[subjects.EVENTS_ALL],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS,
-            num_replicas=replicas,
-            duplicate_window=dedup_window_s,
-            allow_direct=True,
-            allow_atomic=True,  # services append a batch of one aggregate's events at once
-        ),
-        # Commands wait here for their service; handled ones are removed (work queue). A command
-        # lives only until its deadline (AG_COMMAND_TIMEOUT_S): past it the gateway has answered
-        # `unavailable` and the service drops it. So memory storage loses nothing a client was
-        # promised, and spares a second fsync per message; the event log is what is durable.
-        StreamConfig(
-            name=subjects.COMMANDS_STREAM,
-            subjects=[subjects.COMMANDS_ALL],
-            storage=StorageType.MEMORY,
-            retention=RetentionPolicy.WORK_QUEUE,
-            discard=DiscardPolicy.OLD,
-            max_age=3600.0,
-            num_replicas=replicas,
-            duplicate_window=dedup_window_s,
-        ),
-    ]
-
-
-async def ensure_streams(
-    js: JetStreamContext, replicas: int = 1, dedup_window_s: float = 120.0
-) -> None:
-    """Create or update the streams (idempotent; services also call it to heal)."""
-    for cfg in stream_configs(replicas, dedup_window_s):
-        assert cfg.name is not None
-        try:
-            await js.stream_info(cfg.name)
-        except nats.js.errors.NotFoundError:
-            await js.add_stream(cfg)
-        else:
-            await js.update_stream(cfg)
-
-
-async def describe_streams(js: JetStreamContext) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for name in (subjects.EVENTS_STREAM, subjects.COMMANDS_STREAM):
-        try:
-            info = await js.stream_info(name)
-        except nats.js.errors.NotFoundError:
-            rows.append({"stream": name, "missing": True})
-            continue
-        consumers: list[dict[str, Any]] = []
-        for c in await js.consumers_info(name):
-            consumers.append(
-                {
-                    "name": c.name,
-                    "pending": c.num_pending,
-                    "ack_pending": c.num_ack_pending,
-                    "delivered": c.delivered.stream_seq if c.delivered else 0,
-                }
-            )
-        rows.append(
-            {
-                "stream": name,
-                "messages": info.state.messages,
-                "bytes": info.state.bytes,
-                "first_seq": info.state.first_seq,
-                "last_seq": info.state.last_seq,
-                "replicas": info.config.num_replicas,
-                "consumers": consumers,
-            }
-        )
-    return rows
-
-
 # --- the bus ---------------------------------------------------------------------------------
 class _Message:
     __slots__ = ("_msg",)
@@ -246,26 +163,6 @@ class _Message:
             await self._msg.respond(data)
 
 
-class _Command:
-    __slots__ = ("_msg",)
-
-    def __init__(self, msg: Msg) -> None:
-        self._msg = msg
-
-    @property
-    def data(self) -> bytes:
-        return self._msg.data
-
-    async def ack(self) -> None:
-        await self._msg.ack()
-
-    async def nak(self, delay: float = 0.0) -> None:
-        await self._msg.nak(delay=delay or None)
-
-    async def term(self) -> None:
-        await self._msg.term()
-
-
 class _Subscription:
     __slots__ = ("_sub",)
 
@@ -275,62 +172,6 @@ class _Subscription:
     async def unsubscribe(self) -> None:
         with contextlib.suppress(nats.errors.Error):
             await self._sub.unsubscribe()
-
-
-class _CommandQueue:
-    """A durable pull consumer that heals itself: if the consumer or its stream disappears (a
-    memory stream after a NATS restart), fetching re-creates them with the same configuration."""
-
-    def __init__(self, bus: NatsBus, subjects_: str, durable: str) -> None:
-        self.bus = bus
-        self.subjects = subjects_
-        self.durable = durable
-        self.config = ConsumerConfig(
-            ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_ack_pending=4096
-        )
-        self._sub: JetStreamContext.PullSubscription | None = None
-
-    async def _open(self) -> JetStreamContext.PullSubscription:
-        if self._sub is None:
-            self._sub = await self.bus.js.pull_subscribe(
-                self.subjects,
-                durable=self.durable,
-                stream=subjects.COMMANDS_STREAM,
-                config=self.config,
-            )
-        return self._sub
-
-    async def fetch(self, batch: int, timeout: float) -> list[Command]:
-        try:
-            sub = await self._open()
-            return [_Command(m) for m in await sub.fetch(batch, timeout=timeout)]
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            log.warning("consumer fetch failed; re-creating", extra={"error": repr(exc)})
-            await asyncio.sleep(0.5)  # back off while NATS settles
-            await self._heal()
-            return []
-
-    async def _heal(self) -> None:
-        try:
-            await self.bus.ensure_streams()
-            await self.close()
-            await self._open()
-        except Exception as exc:  # NATS still away: the next fetch tries again
-            log.warning("consumer not re-created yet", extra={"error": repr(exc)})
-
-    async def pending(self) -> int:
-        if self._sub is None:
-            return 0
-        info = await self._sub.consumer_info()
-        return int(info.num_pending or 0)
-
-    async def close(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
 
 
 class NatsBus(Bus):
@@ -530,8 +371,8 @@ class NatsBus(Bus):
         except _BROKEN as exc:
             raise Unavailable(repr(exc)) from None
 
-    def commands(self, subjects_: str, durable: str) -> _CommandQueue:
-        return _CommandQueue(self, subjects_, durable)
+    def commands(self, subjects_: str, durable: str) -> CommandQueue:
+        return CommandQueue(self, subjects_, durable)
 
     # --- live messages ----------------------------------------------------------------------
     async def publish(

@@ -30,7 +30,7 @@ PATHS = {
     "analytics": "/api/analytics/ws",
     "collaboration": "/api/collaboration/ws",
 }
-TOP_LEVEL = ("auth", "refresh")  # their fields may sit next to ``type`` (PROTOCOL.md)
+TOP_LEVEL = ("auth", "refresh")  # their fields may sit next to ``type`` (docs/protocol.md)
 TIMESTAMP = {
     "type": "string",
     "description": "ISO 8601 UTC with exactly three fractional digits and Z",

@@ -5,7 +5,7 @@ so the live aggregator, ``atomic-guide replay`` and the tests compute bit-identi
 same events at the same ``now``. ``upto_seq`` restricts a computation to the log up to a stream
 sequence (replay verification compares two projections at one position).
 
-Definitions (PROTOCOL.md, "Analytics"); W = ``AG_METRICS_WINDOW_S``:
+Definitions (docs/protocol.md, "Analytics"); W = ``AG_METRICS_WINDOW_S``:
 
 - The window holds events with ``now - W < ts <= now``. Events stamped after ``now`` count nowhere
   yet. ``collab.snapshot`` events are bookkeeping, not activity, and count nowhere.

@@ -21,7 +21,7 @@ fan-out:
   edits and its acks in version order. With several in flight, an ack can overtake an edit by a
   few frames; clients apply by version.
 
-Where PROTOCOL.md is silent: ``sessionId`` left out with zero or several sessions joined is
+Where docs/protocol.md is silent: ``sessionId`` left out with zero or several sessions joined is
 ``invalid_message``; a session this connection has not joined is ``not_found``; an ``ack`` is
 sent for an edit without ``id`` too (a client needs its version); an insert needs non-empty
 ``content``; a ``delete`` edit frame carries ``length`` but not the removed text; ``cursor``

@@ -3,7 +3,7 @@
 ``call`` stores a command durably in the work queue and waits for its result on this gateway's
 reply subject. Every command carries a deadline (``AG_COMMAND_TIMEOUT_S``): the service drops a
 command it finds past it and gives up its append before it, so when ``call`` gives up a little
-after the deadline and answers ``unavailable``, that means "not applied" (PROTOCOL.md), and a
+after the deadline and answers ``unavailable``, that means "not applied" (docs/protocol.md), and a
 client re-send with the same ``id`` is safe.
 """
 

@@ -210,7 +210,7 @@ class FanOut:
     async def _fill(self, subject: str, ordered: _Ordered, upto: int) -> bool:
         """Hand out the messages between the room's position and ``upto`` (exclusive), read
         back from the log. False if that cannot be done: every socket of the room is then
-        closed with 1012 and recovers with ``lastSeq`` (PROTOCOL.md)."""
+        closed with 1012 and recovers with ``lastSeq`` (docs/protocol.md)."""
         order = ordered.order
         need = order.missing(upto)
         if need <= self.settings.recovery_max:

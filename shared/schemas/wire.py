@@ -1,4 +1,4 @@
-"""WebSocket frames (PROTOCOL.md): client data schemas, the decoder, and server frame encoding.
+"""WebSocket frames (docs/protocol.md): client data schemas, the decoder, and server frame encoding.
 
 Decoding is two-step: the envelope first (so ``unknown_type`` and the correlation ``id`` are known
 even when the data is bad), then the data of that type. msgspec never coerces (``"5"`` is not an

@@ -1,6 +1,6 @@
 """A seeded generator of bad client frames, each with the error codes the protocol allows for it.
 
-Every frame is bad by construction (PROTOCOL.md, "Errors and close codes"): not JSON, not an
+Every frame is bad by construction (docs/protocol.md, "Errors and close codes"): not JSON, not an
 object, an unknown or server-only type, a field of the wrong JSON type or missing, a value out of
 range, a lone surrogate in any string, nesting deeper than any decoder follows, a binary frame,
 or a frame that is well formed but out of order for the connection's state (a second ``auth``,

@@ -1,5 +1,5 @@
 """Every socket gets a room's messages in seq order, each once, without a gap, whatever the
-chat service did between its append and its broadcast (PROTOCOL.md, Chat)."""
+chat service did between its append and its broadcast (docs/protocol.md, Chat)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What the processes log: never a token (OPERATIONS.md, "Logs and metrics")."""
+"""What the processes log: never a token (README, "Settings")."""
 
 from __future__ import annotations
 

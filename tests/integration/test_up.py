@@ -1,5 +1,5 @@
 """`atomic-guide up` as an operator meets it: NATS supervised, no orphans however `up` dies, one
-stack per data dir, and tools that fail fast when the stack is gone (OPERATIONS.md)."""
+stack per data dir, and tools that fail fast when the stack is gone (README, "CLI")."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ from shared.schemas.events import ChatMessagePosted
 from tests.helpers import unmodelled_fields
 
 #: Client frames whose fields travel at the top level of the envelope, not in ``data``
-#: (PROTOCOL.md, "Authentication": the reference page's form).
+#: (docs/protocol.md, "Authentication": the reference page's form).
 TOP_LEVEL = frozenset({"auth", "refresh"})
 ENVELOPE_FIELDS = frozenset({"type", "id", "data"})
 

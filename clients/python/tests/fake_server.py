@@ -1,7 +1,7 @@
 """A scripted protocol peer on a real ``websockets`` server (127.0.0.1, port 0).
 
 Each accepted socket becomes a :class:`Peer` the test drives: it authenticates the client
-the way PROTOCOL.md says (query parameters or a first ``auth`` frame), answers ``ping``
+the way docs/protocol.md says (query parameters or a first ``auth`` frame), answers ``ping``
 (unless told not to) and hands every other client frame to ``await peer.recv()``.
 """
 

@@ -1,6 +1,6 @@
 """The client OT state machine, alone and against a reference server model.
 
-The server model below is written from PROTOCOL.md's rules, independently of
+The server model below is written from docs/protocol.md's rules, independently of
 ``atomic_guide_client._ot``: documents are UTF-16-LE byte strings, operations tuples.
 """
 

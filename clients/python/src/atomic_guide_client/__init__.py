@@ -1,4 +1,4 @@
-"""Python client for the Atomic Guide realtime WebSocket API (see PROTOCOL.md).
+"""Python client for the Atomic Guide realtime WebSocket API (see docs/protocol.md).
 
 Three clients share one reconnecting connection core::
 

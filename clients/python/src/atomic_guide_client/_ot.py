@@ -1,7 +1,7 @@
 """Operational transformation of plain-text edits, sans-I/O and self-contained.
 
 Operations are :class:`Insert` and :class:`Delete`; positions and lengths count UTF-16
-code units, as JavaScript strings (and PROTOCOL.md, "Collaboration") index them. The
+code units, as JavaScript strings (and docs/protocol.md, "Collaboration") index them. The
 rules mirror the server's:
 
 * insert vs insert at the same position: the op the server applied first stays left;

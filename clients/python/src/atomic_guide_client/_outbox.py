@@ -23,7 +23,7 @@ __all__ = ["Outbox", "Pending", "new_request_id"]
 
 
 def new_request_id() -> str:
-    """A fresh correlation / idempotency id: 32 hex chars (PROTOCOL.md allows 1-64)."""
+    """A fresh correlation / idempotency id: 32 hex chars (docs/protocol.md allows 1-64)."""
     return uuid.uuid4().hex
 
 

@@ -1,4 +1,4 @@
-"""What to do after a socket ends, sans-I/O: PROTOCOL.md's close-code table as code.
+"""What to do after a socket ends, sans-I/O: docs/protocol.md's close-code table as code.
 
 | close code                     | action                                       |
 | ------------------------------ | -------------------------------------------- |

@@ -2,7 +2,7 @@
 
 The server closes a connection with 1008 once it gets more than
 ``AG_RATE_FRAMES_PER_MINUTE`` (default 100) frames in any 60 s, ``ping`` not counted
-(PROTOCOL.md, "Rate limits"). Re-sending a long queue after a reconnect would trip that,
+(docs/protocol.md, "Rate limits"). Re-sending a long queue after a reconnect would trip that,
 get closed, reconnect, and trip it again; pacing the writer below the limit avoids the
 loop. The default leaves a margin because frames can arrive closer together than they
 were sent.

@@ -79,7 +79,7 @@ class Requests:
     def settle(self, entry: Pending, frame: Frame) -> None:
         """Resolve ``entry`` with ``frame``: data, ``ServerError``, or a delayed re-send.
 
-        ``unavailable`` means the frame was not applied (PROTOCOL.md, "Errors"); it is
+        ``unavailable`` means the frame was not applied (docs/protocol.md, "Errors"); it is
         re-sent with the same ``id`` after a backoff delay, ``retry_unavailable`` times.
         """
         if self.will_retry(entry, frame):

@@ -1,7 +1,7 @@
 """JWT expiry reading and refresh scheduling, sans-I/O.
 
 The client never verifies a token (it has no key and needs none); it only reads ``exp``
-and ``iat`` from the payload to know when to send ``refresh`` (PROTOCOL.md,
+and ``iat`` from the payload to know when to send ``refresh`` (docs/protocol.md,
 "Authentication"). All times are POSIX seconds; callers pass ``now``.
 """
 

@@ -21,7 +21,7 @@ from .payloads import MetricsPayload, MetricUpdate
 
 __all__ = ["METRICS", "AnalyticsClient"]
 
-#: The metrics PROTOCOL.md defines.
+#: The metrics docs/protocol.md defines.
 METRICS = ("engagement", "performance", "activity")
 
 

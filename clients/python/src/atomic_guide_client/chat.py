@@ -24,7 +24,7 @@ from .payloads import ChatAck, HistoryPage, HistoryQuery, MessagePayload, Typing
 
 __all__ = ["ChatClient"]
 
-#: The server's largest ``history`` page (PROTOCOL.md: ``limit`` 1-100).
+#: The server's largest ``history`` page (docs/protocol.md: ``limit`` 1-100).
 MAX_HISTORY_PAGE = 100
 
 

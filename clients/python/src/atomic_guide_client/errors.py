@@ -96,7 +96,7 @@ _TERMINAL: dict[int, type[ConnectionClosed]] = {
 
 
 def is_terminal_close(code: int) -> bool:
-    """Close codes after which PROTOCOL.md says not to reconnect."""
+    """Close codes after which docs/protocol.md says not to reconnect."""
     return code == 1000 or code in _TERMINAL
 
 

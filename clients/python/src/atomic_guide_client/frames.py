@@ -1,4 +1,4 @@
-"""Wire frames of PROTOCOL.md as msgspec Structs.
+"""Wire frames of docs/protocol.md as msgspec Structs.
 
 Every frame is one JSON object ``{type, id?, timestamp, data, error?}``; ``type`` is the
 tag. Client frames (``*Request``) are encoded with :func:`encode`; server frames

@@ -1,4 +1,4 @@
-"""``data`` objects of the frames in PROTOCOL.md (snake_case here, camelCase on the wire).
+"""``data`` objects of the frames in docs/protocol.md (snake_case here, camelCase on the wire).
 
 Optional fields get defaults and unknown fields are ignored, so a server that adds fields
 does not break an older client.

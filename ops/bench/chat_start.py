@@ -34,6 +34,7 @@ from typing import Any
 import msgspec
 import nats
 
+from ops.bench.harness import p50_p99_ms
 from ops.natsd import start_nats
 from shared import subjects
 from shared.schemas.commands import HistoryReply, HistoryRequest
@@ -127,21 +128,14 @@ async def _measure(
         proc.wait(30)
         await nc.close()
 
-    def pct(xs: list[float]) -> dict[str, float]:
-        xs.sort()
-        return {
-            "p50": round(xs[len(xs) // 2] * 1000, 2),
-            "p99": round(xs[int(len(xs) * 0.99)] * 1000, 2),
-        }
-
     return {
         "ready_s": round(ready_at - started, 2),
         "rss_mb": round(rss, 1),
         "peak_rss_mb": round(max(peak, peak_after), 1),
         "rss_after_reads_mb": round(rss_after, 1),
-        "history_ms": pct(history),
-        "recovery_ms": pct(recovery),
-        "first_post_ms": pct(posts),
+        "history_ms": p50_p99_ms(history),
+        "recovery_ms": p50_p99_ms(recovery),
+        "first_post_ms": p50_p99_ms(posts),
         "rss_every_room_loaded_mb": round(rss_loaded, 1),
         "peak_rss_mb_overall": round(max(peak, peak_after, peak_loaded), 1),
     }

@@ -157,11 +157,10 @@ async def _bench(
 
 
 def _percentiles(latencies: list[float]) -> dict[str, float]:
-    lat = sorted(latencies) or [0.0]
-    return {
-        "ack_p50_ms": round(lat[len(lat) // 2] * 1000, 2),
-        "ack_p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 2),
-    }
+    from ops.bench.harness import p50_p99_ms
+
+    q = p50_p99_ms(latencies)
+    return {"ack_p50_ms": q["p50"], "ack_p99_ms": q["p99"]}
 
 
 async def _direct(url: str, docs: int, editors: int, seconds: float) -> dict[str, Any]:

@@ -16,7 +16,16 @@ from typing import Any
 
 from ops.natsd import NatsServer, start_nats
 
-__all__ = ["BenchStack"]
+__all__ = ["BenchStack", "p50_p99_ms"]
+
+
+def p50_p99_ms(seconds: list[float]) -> dict[str, float]:
+    """Median and 99th percentile of durations, in milliseconds (0 for none)."""
+    xs = sorted(seconds) or [0.0]
+    return {
+        "p50": round(xs[len(xs) // 2] * 1000, 2),
+        "p99": round(xs[int(len(xs) * 0.99)] * 1000, 2),
+    }
 
 
 def _free_port() -> int:

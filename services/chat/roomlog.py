@@ -42,6 +42,8 @@ class RoomLog:
         self._last_read = False
         self._first: Hit | None = None
         self._first_read = False
+        self._last_hit: Hit | None = None
+        self._last_hit_read = False
         self.probes = 0  # reads made to find a position (for the benchmark's curiosity)
 
     def _messages(self, entries: list[Entry]) -> list[Hit]:
@@ -58,6 +60,15 @@ class RoomLog:
             self._last = (await self.bus.last([self.subject])).get(self.subject)
             self._last_read = True
         return self._last
+
+    async def last_hit(self) -> tuple[Entry | None, Hit | None]:
+        """The subject's last entry, and it as a message if it is one (decoded once)."""
+        if not self._last_hit_read:
+            end = await self.last()
+            hits = self._messages([end]) if end is not None else []
+            self._last_hit = hits[0] if hits else None
+            self._last_hit_read = True
+        return self._last, self._last_hit
 
     async def first_at(self, start: int) -> Hit | None:
         """The first message at or after stream sequence ``start``."""
@@ -84,10 +95,8 @@ class RoomLog:
         first = await self.first_at(1)
         if first is None or key(first.event) >= target:
             return first
-        end = await self.last()
+        end, high = await self.last_hit()  # high: the first message at or after b
         assert end is not None  # there is a first message
-        hb = self._messages([end])
-        high: Hit | None = hb[0] if hb else None  # the first message at or after b
         if high is not None and key(high.event) < target:
             return None
         # Messages before a have key < target (the last of them: klo); the first message at or
@@ -130,13 +139,11 @@ class RoomLog:
         below a jump; the first message if ``seq`` is before it; None past the room's end."""
         if seq <= SLACK + 1:
             return await self.first_at(1)
-        end = await self.last()
+        end, high = await self.last_hit()
         if end is None:
             return None
-        tail = self._messages([end])
-        if not tail:  # the last entry is not a message: bisect without a known upper key
+        if high is None:  # the last entry is not a message: bisect without a known upper key
             return await self.seek(lambda e: e.seq, seq - SLACK)
-        high = tail[0]
         if high.event.seq < seq:
             return None  # past the room's end
         # The low end starts as "message 0 before stream sequence 1": no probe for the first.

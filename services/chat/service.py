@@ -93,10 +93,9 @@ class ChatRooms:
         keep = self.settings.chat_recent_messages
         room = Room(context_id, keep)
         log = RoomLog(self.bus, context_id)
-        last = await log.last()
+        last, newest = await log.last_hit()
         horizon = now_ms() - int(2 * self.settings.dedup_window_s * 1000)
-        ev = None if last is None else decode_logged(last.data, last.seq, last.subject, "chat")
-        if last is not None and not isinstance(ev, ChatMessagePosted):
+        if last is not None and newest is None:
             # The last entry is not a message: read the whole subject (rare, and correct).
             for entry in await self.bus.read(log.subject):
                 msg = decode_logged(entry.data, entry.seq, entry.subject, "chat")
@@ -104,9 +103,9 @@ class ChatRooms:
                     room.apply(msg, entry.seq)
                 else:
                     room.skip(entry.seq)
-        elif isinstance(ev, ChatMessagePosted):
+        elif newest is not None:
             # The newest `keep` messages, then further back until the dedup window is in.
-            n = ev.seq
+            n = newest.event.seq
             hits = await log.from_seq(max(n - keep + 1, 1), n)
             span = keep
             while hits and hits[0].event.seq > 1 and hits[0].event.ts >= horizon:
@@ -235,14 +234,9 @@ class ChatService:
         if room is not None:
             last = room.seq
         else:
-            entry = await log.last()
-            ev = (
-                None
-                if entry is None
-                else decode_logged(entry.data, entry.seq, entry.subject, "chat")
-            )
-            last = ev.seq if isinstance(ev, ChatMessagePosted) else 0
-            if entry is not None and not isinstance(ev, ChatMessagePosted):
+            entry, hit = await log.last_hit()
+            last = hit.event.seq if hit is not None else 0
+            if entry is not None and hit is None:
                 room = await self.worker_load(req.contextId)  # not a message last: read it all
                 last = room.seq
         limit = self.bus.max_payload - 4096  # what one reply may carry, headers aside

@@ -265,9 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--data-dir", type=Path)
     st.set_defaults(func=cmd_streams)
     be = sub.add_parser(
-        "bench", help="benchmarks: chat, chat_start, ot, collab, analytics (--help each)"
+        "bench", help="benchmarks: chat, chat_start, fanout, ot, collab, analytics (--help each)"
     )
-    be.add_argument("target", choices=["chat", "chat_start", "ot", "collab", "analytics"])
+    be.add_argument("target", choices=["chat", "chat_start", "fanout", "ot", "collab", "analytics"])
     be.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     be.set_defaults(func=cmd_bench)
 

@@ -16,7 +16,36 @@ from typing import Any
 
 from ops.natsd import NatsServer, start_nats
 
-__all__ = ["BenchStack", "p50_p99_ms"]
+__all__ = ["BenchStack", "cpu_seconds", "p50_p99_ms", "pin", "rss_bytes"]
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of ``pid`` to ``cpus`` (what ``taskset -a -p`` does); threads it starts
+    later inherit the mask."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:  # a thread that just ended
+            pass
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of ``pids`` (all their threads) so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def p50_p99_ms(seconds: list[float]) -> dict[str, float]:
@@ -40,10 +69,12 @@ class BenchStack:
         services: list[str],
         env: dict[str, str] | None = None,
         sync_interval: str = "always",
+        cpus: set[int] | None = None,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ag-bench-"))
         self.services = services
         self.sync_interval = sync_interval
+        self.cpus = cpus  # the whole server side pinned here (NATS and every service)
         self.secret = secrets.token_urlsafe(48)
         self.port = _free_port()
         self.env = {
@@ -64,12 +95,18 @@ class BenchStack:
     def __enter__(self) -> BenchStack:
         self.nats = start_nats(self.dir, self.sync_interval, self.dir / "nats.log")
         self.env["AG_NATS_URL"] = self.nats.url
+        if self.cpus is not None:
+            pin(self.nats.process.pid, self.cpus)
         asyncio.run(self._provision())
         for name in self.services:
             log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115
             self.procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", f"services.{name}"], env=self.env, stdout=log, stderr=log
+                    [sys.executable, "-m", f"services.{name}"],
+                    env=self.env,
+                    stdout=log,
+                    stderr=log,
+                    preexec_fn=self._pin_child if self.cpus else None,
                 )
             )
         deadline = time.monotonic() + 60
@@ -78,6 +115,10 @@ class BenchStack:
                 raise TimeoutError(f"bench stack not ready; logs in {self.dir}")
             time.sleep(0.1)  # polling readiness of other processes
         return self
+
+    def _pin_child(self) -> None:
+        assert self.cpus is not None
+        os.sched_setaffinity(0, self.cpus)
 
     def __exit__(self, *_: Any) -> None:
         for p in reversed(self.procs):
@@ -121,6 +162,14 @@ class BenchStack:
             return False
         finally:
             await nc.close()
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Every server-side process by name (``nats`` and the services)."""
+        found = {name: p.pid for name, p in zip(self.services, self.procs, strict=True)}
+        if self.nats is not None:
+            found["nats"] = self.nats.process.pid
+        return found
 
     def token(self, sub: str, context: str, roles: tuple[str, ...] = ("learner",)) -> str:
         from shared.auth import mint_token

@@ -9,6 +9,7 @@ from types import FrameType
 import uvicorn
 
 from services.gateway.app import Gateway, create_app
+from services.gateway.outlet import OutletProtocol
 from shared.config import Settings, load_settings
 from shared.logs import setup_logging
 from shared.runner import watch_parent
@@ -33,7 +34,7 @@ def build_server(settings: Settings) -> _Server:
         app,
         host=settings.gateway_host,
         port=settings.gateway_port,
-        ws="websockets-sansio",
+        ws=OutletProtocol,  # uvicorn's websockets-sansio, plus pre-built frames (outlet.py)
         # Bigger than the protocol limit so oversize frames get `too_large`, not a hard 1009.
         ws_max_size=max(16 * settings.max_frame_bytes, 1 << 20),
         ws_per_message_deflate=settings.ws_compression,

@@ -7,9 +7,12 @@ first) and ``CLOSED`` when the socket is gone. An illegal transition raises ``St
 
 Outbound: replies to client frames go out in the order the frames arrived even when their
 backends answer out of order: each frame reserves a slot in ``replies`` and a pump releases them
-in sequence. Live frames go straight to the outbound queue. Overflow policy: droppable frames
-(typing, cursor) are dropped when the queue is full; anything else closes the socket as a slow
-consumer (1013), because silently losing chat messages is worse.
+in sequence. Live frames are emitted at once. While the socket keeps up (nothing queued, its
+transport not paused), emitted frames wait only for the end of the loop turn and leave as
+pre-built bytes in one write (``services/gateway/outlet.py``); otherwise they go through the
+bounded outbound queue and a writer task, in order. Overflow policy, the same on both paths:
+droppable frames (typing, cursor) are dropped when the queue is full; anything else closes the
+socket as a slow consumer (1013), because silently losing chat messages is worse.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from services.gateway.outlet import Flusher, FrameCache, Outlet
 from shared import tasks
 from shared.auth import Identity
 from shared.errors import CLOSE_TRY_AGAIN
@@ -63,6 +67,9 @@ class Conn:
         send: Callable[[dict[str, Any]], Awaitable[None]],
         max_queue: int,
         peer: str,
+        outlet: Outlet | None = None,
+        flusher: Flusher | None = None,
+        batch: bool = False,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.endpoint = endpoint
@@ -70,8 +77,15 @@ class Conn:
         self.state = ConnState.AUTHENTICATING
         self.authed: Authed | None = None
         self.close_code: int | None = None
-        self.on_sent: Callable[[], None] | None = None
+        self.on_sent: Callable[[int], object] | None = None
+        self.batch = batch  # several frames may share one WebSocket message (a JSON array)
         self._send = send
+        # Both or neither: the outlet writes, the flusher says when.
+        self._outlet = outlet if flusher is not None else None
+        self._flusher = flusher
+        self._max_queue = max_queue
+        self._pending: list[str] = []  # emitted this loop turn, for the outlet
+        self._busy = False  # the writer task holds a frame it has not finished sending
         self._out: asyncio.Queue[Any] = asyncio.Queue(max_queue)
         self._replies: asyncio.Queue[
             tuple[asyncio.Future[ReplyLike], Callable[[], None] | None]
@@ -113,15 +127,48 @@ class Conn:
 
     # --- outbound -------------------------------------------------------------------------
     def push(self, text: str, droppable: bool = False) -> None:
-        if self.closed:
+        if not self.closed:
+            self._emit(text, droppable)
+
+    def _emit(self, text: str, droppable: bool) -> None:
+        pending = self._pending
+        outlet = self._outlet
+        if pending or (
+            outlet is not None and not self._busy and self._out.empty() and outlet.can_write()
+        ):
+            if len(pending) < self._max_queue:
+                pending.append(text)
+                if len(pending) == 1 and self._flusher is not None:
+                    self._flusher.mark(self)
+            elif not droppable:
+                self._slow()
             return
         try:
             self._out.put_nowait(text)
         except asyncio.QueueFull:
-            if droppable:
-                return
-            log.warning("slow consumer closed", extra={"connectionId": self.id})
-            self.close(CLOSE_TRY_AGAIN, "slow consumer")
+            if not droppable:
+                self._slow()
+
+    def _slow(self) -> None:
+        log.warning("slow consumer closed", extra={"connectionId": self.id})
+        self.close(CLOSE_TRY_AGAIN, "slow consumer")
+
+    def flush(self, cache: FrameCache) -> None:
+        """Write what was emitted this loop turn (the ``Flusher`` calls this once per turn)."""
+        texts = self._pending
+        if not texts:
+            return
+        self._pending = []
+        if self.state is ConnState.CLOSED:
+            return
+        outlet = self._outlet
+        if outlet is not None and outlet.can_write():
+            outlet.write(cache.batch(texts) if self.batch else cache.frames(texts))
+            if self.on_sent:
+                self.on_sent(len(texts))
+            return
+        for text in texts:  # paused meanwhile: the queue takes them, in order (it is empty)
+            self._emit(text, False)
 
     async def reply(
         self, result: Awaitable[ReplyLike] | ReplyLike, then: Callable[[], None] | None = None
@@ -145,6 +192,13 @@ class Conn:
         self.close_code = code
         # RFC 6455 §5.5: a control frame's payload is at most 125 bytes, 2 of them the code.
         reason = reason.encode("utf-8", "ignore")[:123].decode("utf-8", "ignore")
+        # What waits for the outlet goes first, through the queue, then the close.
+        pending, self._pending = self._pending, []
+        for text in pending:
+            try:
+                self._out.put_nowait(text)
+            except asyncio.QueueFull:
+                break
         # Jump the queue only if it is full; otherwise close after what is queued is sent.
         while True:
             try:
@@ -175,16 +229,14 @@ class Conn:
             else:
                 text = result
             if text is not None and not self.closed:
-                try:
-                    self._out.put_nowait(text)
-                except asyncio.QueueFull:
-                    self.close(CLOSE_TRY_AGAIN, "slow consumer")
+                self._emit(text, False)
             if then is not None:
                 then()
 
     async def _writer(self) -> None:
         while True:
             item = await self._out.get()
+            self._busy = True
             try:
                 if isinstance(item, tuple):
                     _, code, reason = item
@@ -192,11 +244,12 @@ class Conn:
                     return
                 await self._send({"type": "websocket.send", "text": item})
                 if self.on_sent:
-                    self.on_sent()
+                    self.on_sent(1)
             except Exception:  # the peer went away; the reader sees the disconnect
                 self.state = ConnState.CLOSED
                 return
             finally:
+                self._busy = False
                 self._out.task_done()
 
 

@@ -20,6 +20,7 @@ from litestar.exceptions import WebSocketDisconnect
 
 from services.gateway import metrics
 from services.gateway.connection import Authed, Conn, ConnState, Reply, ReplyLike
+from services.gateway.outlet import Flusher, outlet_of
 from shared.auth import AuthFailure, Identity, TokenVerifier
 from shared.config import Settings
 from shared.errors import (
@@ -102,10 +103,19 @@ class SessionRunner:
         self.settings = settings
         self.verifier = verifier
         self.conns = conns  # every open connection of this gateway (drained on shutdown)
+        self.flusher = Flusher()
 
     async def run(self, socket: WebSocket[Any, Any, Any], endpoint: Endpoint, peer: str) -> None:
         await socket.accept()
-        conn = Conn(endpoint.name, socket.send, self.settings.outbound_queue, peer)  # type: ignore[arg-type]
+        conn = Conn(
+            endpoint.name,
+            socket.send,  # type: ignore[arg-type]
+            self.settings.outbound_queue,
+            peer,
+            outlet_of(socket.scope),
+            self.flusher,
+            batch=socket.query_params.get("batch") == "1",
+        )
         conn.on_sent = metrics.FRAMES_OUT.labels(endpoint.name).inc
         conn.start()
         self.conns.add(conn)

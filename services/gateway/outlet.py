@@ -1,0 +1,146 @@
+"""The fast way out: pre-built WebSocket frames written straight to a socket's transport.
+
+A server frame is never masked, so a broadcast's frame is the same bytes for every socket: it is
+built once (``FrameCache``) and written to each transport, instead of each socket's writer task
+taking the text from its queue and uvicorn and ``websockets`` framing it again. Frames for one
+socket that are ready in the same event-loop turn leave in one write (``Flusher``): under load a
+busy room costs one system call per socket per turn, not per frame.
+
+``OutletProtocol`` is uvicorn's sans-I/O ``websockets`` protocol with one ASGI extension,
+``atomic-guide.outlet`` in the WebSocket scope: the protocol object itself, which says whether a
+raw write may be made now (handshake done, no close sent or received, the transport not paused
+by flow control, no compression negotiated) and makes it. Anything else (a paused transport,
+closing, a server without the extension) takes the ordinary ASGI ``send`` path, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+from websockets.protocol import State
+
+__all__ = [
+    "EXTENSION",
+    "FrameCache",
+    "Flusher",
+    "Outlet",
+    "OutletProtocol",
+    "outlet_of",
+    "text_frame",
+]
+
+EXTENSION = "atomic-guide.outlet"
+
+
+class Outlet(Protocol):
+    def can_write(self) -> bool: ...
+    def write(self, data: bytes) -> None: ...
+
+
+class OutletProtocol(WebSocketsSansIOProtocol):
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][EXTENSION] = self
+
+    def can_write(self) -> bool:
+        return (
+            self.handshake_complete
+            and not self.close_sent
+            and not self.disconnected
+            and self.initial_response is None
+            and self.writable.is_set()
+            and self.conn.state is State.OPEN
+            and not self.conn.extensions  # compressed sockets take the ASGI path
+        )
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented text frame (RFC 6455 §5.2)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+class FrameCache:
+    """Frames built once per loop turn: a broadcast offers the same text object to every socket,
+    so it is keyed by identity (the text is kept alive alongside, so an id is never reused)."""
+
+    __slots__ = ("_single", "_batches")
+
+    def __init__(self) -> None:
+        self._single: dict[int, tuple[str, bytes]] = {}
+        self._batches: dict[tuple[int, ...], tuple[list[str], bytes]] = {}
+
+    def frame(self, text: str) -> bytes:
+        hit = self._single.get(id(text))
+        if hit is None:
+            hit = self._single[id(text)] = (text, text_frame(text.encode()))
+        return hit[1]
+
+    def frames(self, texts: list[str]) -> bytes:
+        """Each text its own WebSocket message, written together."""
+        if len(texts) == 1:
+            return self.frame(texts[0])
+        return b"".join([self.frame(t) for t in texts])
+
+    def batch(self, texts: list[str]) -> bytes:
+        """The texts as one message, a JSON array in order (``batch=1`` sockets)."""
+        if len(texts) == 1:
+            return self.frame(texts[0])
+        key = tuple(map(id, texts))
+        hit = self._batches.get(key)
+        if hit is None:
+            hit = self._batches[key] = (texts, text_frame(f"[{','.join(texts)}]".encode()))
+        return hit[1]
+
+    def clear(self) -> None:
+        self._single.clear()
+        self._batches.clear()
+
+
+class _Flushable(Protocol):
+    def flush(self, cache: FrameCache) -> None: ...
+
+
+class Flusher:
+    """Collects the sockets with frames waiting and writes them all once per loop turn (one per
+    gateway: its sockets share one event loop)."""
+
+    def __init__(self) -> None:
+        self._dirty: list[_Flushable] = []
+        self._cache = FrameCache()
+        self._scheduled = False
+
+    def mark(self, conn: _Flushable) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_all)
+
+    def _flush_all(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        cache = self._cache
+        try:
+            for conn in dirty:
+                conn.flush(cache)
+        finally:
+            cache.clear()
+
+
+def outlet_of(scope: Mapping[str, Any]) -> Outlet | None:
+    ext = scope.get("extensions") or {}
+    found = ext.get(EXTENSION)
+    return found if found is not None and hasattr(found, "can_write") else None

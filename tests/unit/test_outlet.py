@@ -1,0 +1,153 @@
+"""The fast way out: pre-built frames written per loop turn, falling back to the queue in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ops.bench.wsload import FrameParser
+from services.gateway.connection import Conn
+from services.gateway.outlet import Flusher, FrameCache, text_frame
+
+
+class FakeOutlet:
+    """A transport that records writes and can be paused like one under flow control."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.open = True
+
+    def can_write(self) -> bool:
+        return self.open
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def messages(self) -> list[Any]:
+        """Every WebSocket message written so far, decoded."""
+        parser = FrameParser()
+        out = []
+        for op, payload in parser.feed(b"".join(self.writes)):
+            assert op == 1
+            out.append(json.loads(payload))
+        assert not parser.buf
+        return out
+
+
+class Harness:
+    def __init__(self, *, batch: bool = False, queue: int = 16) -> None:
+        self.outlet = FakeOutlet()
+        self.sent: list[Any] = []
+        self.conn = Conn("chat", self._send, queue, "peer", self.outlet, Flusher(), batch=batch)
+        self.conn.start()
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+    async def turn(self) -> None:
+        """Let the loop run the flusher and the writer task."""
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    async def stop(self) -> None:
+        await self.conn.stop()
+
+
+@given(st.binary(max_size=70000))
+def test_a_text_frame_is_what_a_parser_reads_back(payload: bytes) -> None:
+    frame = text_frame(payload)
+    assert FrameParser().feed(frame) == [(1, payload)]
+    assert frame[0] == 0x81  # FIN, text, never masked
+
+
+@pytest.mark.parametrize("n,head", [(125, 2), (126, 4), (65535, 4), (65536, 10)])
+def test_length_boundaries(n: int, head: int) -> None:
+    assert len(text_frame(b"x" * n)) == n + head
+
+
+def test_a_broadcast_is_framed_once_for_every_socket() -> None:
+    cache = FrameCache()
+    text = '{"type":"message"}'
+    assert cache.frame(text) is cache.frame(text)
+    texts = [text, '{"type":"typing"}']
+    assert cache.batch(texts) is cache.batch(list(texts))
+    assert FrameParser().feed(cache.batch(texts)) == [
+        (1, b'[{"type":"message"},{"type":"typing"}]')
+    ]
+    assert cache.batch([text]) == cache.frame(text)  # one frame is never wrapped
+
+
+async def test_frames_of_one_turn_leave_in_one_write_in_order() -> None:
+    h = Harness()
+    for i in range(5):
+        h.conn.push(json.dumps({"n": i}))
+    assert h.outlet.writes == []  # nothing before the turn ends
+    await h.turn()
+    assert len(h.outlet.writes) == 1
+    assert h.outlet.messages() == [{"n": i} for i in range(5)]
+    assert h.sent == []  # the ASGI path was not used
+    await h.stop()
+
+
+async def test_batch_sockets_get_one_json_array_per_turn() -> None:
+    h = Harness(batch=True)
+    h.conn.push('{"n":0}')
+    await h.turn()
+    for i in (1, 2, 3):
+        h.conn.push(json.dumps({"n": i}))
+    await h.turn()
+    assert h.outlet.messages() == [{"n": 0}, [{"n": 1}, {"n": 2}, {"n": 3}]]
+    await h.stop()
+
+
+async def test_a_paused_transport_sends_through_the_queue_and_order_is_kept() -> None:
+    h = Harness()
+    h.conn.push('{"n":0}')
+    h.outlet.open = False  # flow control paused the transport before the turn ended
+    h.conn.push('{"n":1}')  # joins what waits, does not jump ahead through the queue
+    await h.turn()
+    assert h.outlet.writes == []
+    assert [json.loads(m["text"]) for m in h.sent] == [{"n": 0}, {"n": 1}]
+    h.outlet.open = True
+    h.conn.push('{"n":2}')  # the queue is empty again: the outlet takes it
+    await h.turn()
+    assert h.outlet.messages() == [{"n": 2}]
+    await h.stop()
+
+
+async def test_a_close_sends_what_waits_first() -> None:
+    h = Harness()
+    h.conn.push('{"n":0}')
+    h.conn.close(1013, "slow consumer")
+    await h.conn.flushed()
+    assert [m["type"] for m in h.sent] == ["websocket.send", "websocket.close"]
+    assert json.loads(h.sent[0]["text"]) == {"n": 0} and h.sent[1]["code"] == 1013
+    await h.stop()
+
+
+async def test_the_overflow_policy_holds_on_the_fast_path_too() -> None:
+    h = Harness(queue=2)
+    h.conn.push('{"n":0}')
+    h.conn.push('{"n":1}')
+    h.conn.push('{"typing":1}', droppable=True)  # full: dropped, the socket stays
+    assert not h.conn.closed
+    h.conn.push('{"n":2}')  # full: a slow consumer
+    assert h.conn.closed and h.conn.close_code == 1013
+    await h.stop()
+
+
+async def test_replies_take_the_same_path() -> None:
+    h = Harness()
+    await h.conn.reply('{"reply":1}')
+    await h.conn.reply('{"reply":2}')
+    await h.turn()
+    h.conn.push('{"live":1}')
+    await h.turn()
+    assert h.outlet.messages() == [{"reply": 1}, {"reply": 2}, {"live": 1}]
+    assert h.sent == []
+    await h.stop()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from typing import Any
 
 import pytest
 
-from tests.helpers import Client, Stack, token
+from tests.helpers import Client, Stack, T, token
 
 pytestmark = pytest.mark.integration
 
@@ -346,3 +348,26 @@ async def test_shutdown_closes_sockets_with_1001(make_stack) -> None:
     stop = asyncio.get_running_loop().run_in_executor(None, proc.stop)
     assert await a.closed() == 1001
     assert await stop in (0, -15)  # uvicorn re-raises SIGTERM after a clean shutdown
+
+
+async def test_batch_1_sockets_get_the_same_frames_some_sharing_a_message(stack: Stack) -> None:
+    """Batched delivery: a ``batch=1`` socket may get several frames as one JSON array, in
+    the order a socket without it gets them one by one."""
+    c = ctx()
+    a = await join(stack, "alice", c)
+    for i in range(4):
+        await a.request({"type": "message", "id": f"b{i}", "data": {"content": f"m{i}"}}, "ack")
+    plain = await Client.connect(stack.url(token=token("bob", c), contextId=c, lastSeq=0))
+    batched = await Client.connect(
+        stack.url(token=token("carl", c), contextId=c, lastSeq=0, batch=1)
+    )
+    raws = []
+    frames: list[dict[str, Any]] = []
+    while not any(f["type"] == "recovered" for f in frames):
+        raw = json.loads(await asyncio.wait_for(batched.ws.recv(), T(5)))
+        raws.append(raw)
+        frames += raw if isinstance(raw, list) else [raw]
+    expected = [await plain.recv() for _ in range(len(frames))]
+    assert [f["type"] for f in frames] == [f["type"] for f in expected]
+    assert [f["data"]["seq"] for f in frames if f["type"] == "message"] == [1, 2, 3, 4]
+    assert any(isinstance(r, list) and len(r) > 1 for r in raws)  # the recovery shared one

@@ -26,7 +26,7 @@ async def test_subscribe_confirms_and_latest_values_follow_updates(
     client = AnalyticsClient(server.url, "ctx", token(), backoff=fast_backoff)
     await asyncio.wait_for(client.connect(), timeout())
     peer = await server.next_peer()
-    assert peer.ws.request is not None and peer.ws.request.path == "/api/analytics/ws"
+    assert peer.ws.request is not None and peer.ws.request.path == "/api/analytics/ws?batch=1"
 
     subscribing = asyncio.ensure_future(client.subscribe(["engagement", "activity", "engagement"]))
     request = await peer.recv_type("subscribe")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterable
 
@@ -44,7 +45,8 @@ async def test_message_auth_sends_a_first_auth_frame_with_token_and_context(
     info = await asyncio.wait_for(client.connect(), timeout())
     peer = await server.next_peer()
     assert peer.auth == {"type": "auth", "token": tok, "contextId": "ctx-1"}
-    assert peer.ws.request is not None and peer.ws.request.path == "/api/chat/ws"
+    # the token stays out of the URL; batched delivery is always asked for
+    assert peer.ws.request is not None and peer.ws.request.path == "/api/chat/ws?batch=1"
     assert info.user_id == "u1" and client.state is State.CONNECTED
     await client.close()
 
@@ -56,7 +58,7 @@ async def test_query_auth_puts_token_and_context_in_the_url(
     client = ChatClient(server.url, "ctx 1", lambda: tok, auth_mode="query", backoff=fast_backoff)
     peer = await connected(client, server)
     assert peer.auth is None
-    assert peer.query == {"token": tok, "contextId": "ctx 1"}
+    assert peer.query == {"batch": "1", "token": tok, "contextId": "ctx 1"}
     await client.close()
 
 
@@ -438,3 +440,33 @@ async def test_close_may_be_awaited_from_an_async_callback(
     await asyncio.wait_for(closed_inside.wait(), timeout())
     await peer.wait_closed()
     assert client.state is State.CLOSED and peer.close_code == 1000
+
+
+async def test_a_batched_message_is_handled_frame_by_frame_in_order(
+    fast_backoff: Backoff,
+) -> None:
+    """``batch=1``: one WebSocket message may hold several frames as a JSON array, even the
+    ``connected`` frame and what follows it."""
+    async with running(FakeServer(auto_connect=False)) as server:
+        client = ChatClient(server.url, "ctx-1", token(), auth_mode="query", backoff=fast_backoff)
+        seen: list[str] = []
+        client.on("*", lambda frame: seen.append(frame.type))
+        connecting = asyncio.create_task(client.connect())
+        peer = await server.next_peer()
+        stamp = '"timestamp":"2026-01-05T09:30:00.123Z"'
+        connected = (
+            '{"type":"connected",'
+            + stamp
+            + ',"data":'
+            + json.dumps(server.connected_data(peer))
+            + "}"
+        )
+        extra = ",".join(f'{{"type":"later_{i}",{stamp},"data":{{}}}}' for i in range(3))
+        await peer.send_raw(f"[{connected},{extra}]")
+        await asyncio.wait_for(connecting, timeout())
+        await peer.send_raw(f'[{{"type":"later_3",{stamp},"data":{{}}}}]')
+        deadline = asyncio.get_running_loop().time() + timeout()
+        while len(seen) < 5 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # polling the handler's list
+        assert seen == ["connected", "later_0", "later_1", "later_2", "later_3"]
+        await client.close()

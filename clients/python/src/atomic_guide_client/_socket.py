@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+import msgspec
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
@@ -62,6 +63,24 @@ def decode_or_log(raw: bytes | str, logger: logging.Logger) -> Frame | None:
         return None
 
 
+_batch_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def decode_message(raw: bytes | str, logger: logging.Logger) -> list[Frame]:
+    """The frames of one WebSocket message: one frame, or (``batch=1``) a JSON array of
+    frames in order."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if data.lstrip()[:1] != b"[":
+        frame = decode_or_log(data, logger)
+        return [] if frame is None else [frame]
+    try:
+        parts = _batch_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        logger.warning("dropping undecodable batch: %s", exc)
+        return []
+    return [f for part in parts if (f := decode_or_log(bytes(part), logger)) is not None]
+
+
 async def open_socket(
     url: str,
     *,
@@ -73,8 +92,9 @@ async def open_socket(
     connect_options: Mapping[str, Any],
     on_early_frame: Callable[[Frame], None],
     logger: logging.Logger,
-) -> tuple[ClientConnection, ConnectedFrame]:
-    """Connect and authenticate; return the socket and its ``connected`` frame.
+) -> tuple[ClientConnection, ConnectedFrame, list[Frame]]:
+    """Connect and authenticate; return the socket, its ``connected`` frame and the frames
+    that came in the same message after it (batched delivery, ``batch=1``: always asked for).
 
     Frames before ``connected`` (an ``error`` ahead of a 4401 close, say) go to
     ``on_early_frame``. Raises :class:`SocketEnded` when the server closes first, and
@@ -85,11 +105,12 @@ async def open_socket(
     passing reasons: 429 over the connection rate, and 403 while it drains for shutdown
     (it closes before accepting), which is exactly where a 1001 sends every client at once.
     """
+    params = {"batch": "1"}  # several frames per message when the server has them ready
     if auth_mode == "query":
-        params = {"token": token, "contextId": context_id}
+        params.update(token=token, contextId=context_id)
         if last_seq is not None:
             params["lastSeq"] = str(last_seq)
-        url = with_query(url, params)
+    url = with_query(url, params)
     # Protocol-level keepalive is off: the application ``ping`` below covers liveness,
     # and the server's own WebSocket pings are still answered by websockets.
     options = {"open_timeout": open_timeout, "ping_interval": None, **connect_options}
@@ -100,10 +121,10 @@ async def open_socket(
             await ws.send(encode(auth))
         async with asyncio.timeout(open_timeout):
             while True:
-                frame = decode_or_log(await ws.recv(decode=False), logger)
-                if isinstance(frame, ConnectedFrame):
-                    return ws, frame
-                if frame is not None:
+                frames = decode_message(await ws.recv(decode=False), logger)
+                for i, frame in enumerate(frames):
+                    if isinstance(frame, ConnectedFrame):
+                        return ws, frame, frames[i + 1 :]
                     on_early_frame(frame)
     except WsConnectionClosed as exc:
         raise SocketEnded(*close_info(exc)) from exc
@@ -182,13 +203,11 @@ class Socket:
             while True:
                 raw = await self.ws.recv(decode=False)
                 self._last_rx = loop.time()
-                frame = decode_or_log(raw, self._logger)
-                if frame is None:
-                    continue
-                try:
-                    self._on_frame(frame)
-                except Exception:  # one bad frame (or a bug handling it) must not kill us
-                    self._logger.exception("failed to handle a %r frame", frame.type)
+                for frame in decode_message(raw, self._logger):
+                    try:
+                        self._on_frame(frame)
+                    except Exception:  # one bad frame (or a bug handling it) must not kill us
+                        self._logger.exception("failed to handle a %r frame", frame.type)
         except WsConnectionClosed as exc:
             return close_info(exc)
 

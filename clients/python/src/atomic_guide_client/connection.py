@@ -295,7 +295,7 @@ class Connection:
             lived = 0.0
             failure: Exception
             try:
-                ws, connected = await self._open()
+                ws, connected, rest = await self._open()
             except (AuthError, ForbiddenError) as exc:
                 self._finish(exc)
                 return
@@ -307,7 +307,7 @@ class Connection:
             else:
                 retries = 0
                 started = asyncio.get_running_loop().time()
-                code, reason = await self._serve(ws, connected)
+                code, reason = await self._serve(ws, connected, rest)
                 lived = asyncio.get_running_loop().time() - started
                 failure = SocketEnded(code, reason)
             step = after_close(code, reason, lived=lived, retries=retries, backoff=self._backoff)
@@ -320,9 +320,9 @@ class Connection:
             self._state = State.BACKING_OFF
             await asyncio.sleep(delay)
 
-    async def _open(self) -> tuple[ClientConnection, ConnectedFrame]:
+    async def _open(self) -> tuple[ClientConnection, ConnectedFrame, list[Frame]]:
         token = await self._fetch_token()
-        ws, connected = await open_socket(
+        ws, connected, rest = await open_socket(
             self.url,
             token=token,
             context_id=self.context_id,
@@ -336,9 +336,11 @@ class Connection:
         self._tokens.sync(connected.data.server_time, self._clock())
         self._tokens.accept(token, self._clock())
         self._info = connected.data
-        return ws, connected
+        return ws, connected, rest
 
-    async def _serve(self, ws: ClientConnection, connected: ConnectedFrame) -> tuple[int, str]:
+    async def _serve(
+        self, ws: ClientConnection, connected: ConnectedFrame, rest: list[Frame]
+    ) -> tuple[int, str]:
         """Run one authenticated socket until it ends; return its close code and reason."""
         socket = Socket(
             ws,
@@ -357,6 +359,8 @@ class Connection:
         self._requests.resend_all()
         self._settled.set()
         self._handle(connected)
+        for frame in rest:  # what arrived in the same message as `connected`
+            self._handle(frame)
         refresher = asyncio.create_task(self._refresh_loop())
         try:
             return await socket.run()

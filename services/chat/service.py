@@ -30,6 +30,7 @@ from services.chat.presence import Change, Presence
 from services.chat.room import NotKept, Room
 from services.chat.roomlog import RoomLog
 from shared import subjects, tasks
+from shared.bus.pipe import AppendPipe
 from shared.bus.port import Bus, Message, Unavailable
 from shared.config import Settings
 from shared.eventlog import decode_logged
@@ -187,6 +188,7 @@ class ChatService:
         self.rooms.evict = self.worker.evict
         self.presence = Presence()
         self.book = PresenceBook(settings.heartbeat_s, [(self.presence, self._announce)])
+        self.presence_log = AppendPipe(bus, "presence")
         self._subs: list[object] = []
         self._ticker: asyncio.Task[None] | None = None
         self._started = 0.0
@@ -195,6 +197,7 @@ class ChatService:
     async def start(self) -> None:
         await self.rooms.rebuild_presence(self.presence)
         self._started = time.monotonic()
+        self.presence_log.start()
         bus = self.bus
         self._subs = [
             await bus.subscribe(subjects.RPC_CHAT_HISTORY, self._on_history, queue="chat"),
@@ -213,6 +216,7 @@ class ChatService:
         await self.worker.stop()
         for sub in self._subs:
             await sub.unsubscribe()  # type: ignore[attr-defined]
+        await self.presence_log.stop()
 
     # --- history --------------------------------------------------------------------------
     async def _on_history(self, msg: Message) -> None:
@@ -304,16 +308,14 @@ class ChatService:
         )
 
     async def _announce(self, ch: Change) -> None:
-        """Log a join/leave, then tell the room's other sockets."""
+        """Log a join/leave (without waiting for it: ``AppendPipe``), tell the room's other
+        sockets."""
         ts = now_ms()
         cls = UserJoined if ch.kind == "joined" else UserLeft
         ev = cls(contextId=ch.context_id, ts=ts, userId=ch.user_id, userName=ch.user_name)
-        try:
-            await self.bus.append(
-                subjects.chat_presence(ch.context_id), encode_event(ev), msg_id=uuid.uuid4().hex
-            )
-        except Unavailable as exc:
-            log.warning("presence event not logged", extra={"error": str(exc)})
+        self.presence_log.put(
+            subjects.chat_presence(ch.context_id), encode_event(ev), uuid.uuid4().hex
+        )
         frame = encode_frame("user_" + ch.kind, ms_to_ts(ts), UserData(ch.user_id, ch.user_name))
         try:
             await self.bus.publish(

@@ -115,8 +115,8 @@ class ChatEndpoint:
         member = self.members[authed.id] = ChatMember(authed, self.settings.outbound_queue)
         member.gate.hold()  # room frames wait until connected/presence/recovery are out
         await self.fanout.join(subjects.chat_live(ctx), member, subjects.chat_messages(ctx))
+        await authed.reply(connected_text(authed))  # needs nothing from the chat service
         users = await self._presence_open(member)
-        await authed.reply(connected_text(authed))
         await authed.reply(frame_text("presence", PresenceData(users)))
         replayed = last_seq
         if last_seq is not None:

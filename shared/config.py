@@ -64,6 +64,7 @@ class Settings:
     collab_history: int = 1000  # operations a document keeps for transforming stale edits
     # Analytics aggregator: events per DuckDB transaction, periodic recompute, ad-hoc SQL
     analytics_batch: int = 20000
+    analytics_linger_ms: float = 25.0  # a live batch waits this long for more (fewer commits)
     metrics_tick_s: float = 5.0
     query_timeout_s: float = 30.0
     query_max_rows: int = 10000
@@ -109,6 +110,7 @@ _POSITIVE = {
     "snapshot_every",
     "collab_history",
     "analytics_batch",
+    "analytics_linger_ms",
     "metrics_tick_s",
     "query_timeout_s",
     "query_max_rows",
@@ -153,8 +155,9 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{PREFIX}{name.upper()} must be positive, got {getattr(s, name)!r}")
     if not 0 <= s.metrics_port < 65536 or s.gateway_port >= 65536:
         raise ConfigError(f"{PREFIX}GATEWAY_PORT / {PREFIX}METRICS_PORT must be a TCP port")
-    if s.jwt_leeway_s < 0:
-        raise ConfigError(f"{PREFIX}JWT_LEEWAY_S must not be negative")
+    for name in ("jwt_leeway_s", "analytics_linger_ms"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{PREFIX}{name.upper()} must not be negative")
     for name, allowed in _CHOICES.items():
         if getattr(s, name) not in allowed:
             raise ConfigError(f"{PREFIX}{name.upper()} must be one of {sorted(allowed)}")

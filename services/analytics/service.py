@@ -170,10 +170,15 @@ class AnalyticsService:
         """
         assert self._tail is not None and self._projector is not None
         batch = self.settings.analytics_batch
+        linger = self.settings.analytics_linger_ms / 1000
         while True:
             entries = await self._tail.fetch(batch, timeout=5.0)
             if not entries:
                 continue
+            if len(entries) < batch and linger > 0:
+                # Live: a transaction per event would cost a core at a few hundred events/s.
+                await asyncio.sleep(linger)  # a batching window, not synchronisation
+                entries += await self._tail.fetch(batch - len(entries), timeout=0)
             try:
                 prepared = self._projector.prepare(entries)
             except Exception:

@@ -135,6 +135,7 @@ RPC_ANALYTICS_QUERY = "ag.rpc.analytics.query"  # read-only ad-hoc SQL on the ag
 GATEWAY_HEARTBEAT = "ag.gw.heartbeat"
 CHAT_READY = "ag.ctl.chat.ready"  # a chat service (re)started: gateways re-check their rooms
 COLLAB_HEARTBEAT = "ag.gw.collab.heartbeat"  # each gateway's collaboration session members
+ANALYTICS_WATCH = "ag.gw.analytics.watch"  # each gateway's contexts with analytics sockets
 
 
 # --- headers on live frames -------------------------------------------------------------------

@@ -38,6 +38,7 @@ from services.analytics.projection import Applied, Prepared, Projector
 from services.analytics.query import jsonable, run_query
 from services.analytics.store import Store, checkpoint, db_path
 from services.analytics.throttle import Throttle
+from services.analytics.watch import WatchBook
 from shared import subjects, tasks
 from shared.bus.port import Bus, LogTail, Message, Subscription, Unavailable
 from shared.config import Settings
@@ -48,6 +49,7 @@ from shared.schemas.analytics import (
     QueryReply,
     QueryRequest,
 )
+from shared.schemas.commands import AnalyticsWatch
 from shared.schemas.frames import MetricUpdateData
 from shared.schemas.wire import encode_frame
 from shared.timefmt import ms_to_ts, now_ms
@@ -61,6 +63,7 @@ DURABLE = "analytics"
 MINUTE_MS = 60_000
 CATCH_UP_GAP_MS = 5000  # recompute a metric at most this often while working through a backlog
 _current_decoder = msgspec.json.Decoder(CurrentRequest)
+_watch_decoder = msgspec.json.Decoder(AnalyticsWatch)
 _query_decoder = msgspec.json.Decoder(QueryRequest)
 _encoder = msgspec.json.Encoder(enc_hook=jsonable)
 
@@ -86,6 +89,7 @@ class AnalyticsService:
         self.bus = bus
         self.window_s = settings.metrics_window_s
         self.throttle = Throttle(1000)
+        self.watch = WatchBook(settings.heartbeat_s)
         self.on_fatal = on_fatal or (lambda: os.kill(os.getpid(), signal.SIGTERM))
         self._db = ThreadPoolExecutor(1, thread_name_prefix="duckdb-writer")
         # Metrics are computed on a cursor of their own, in a thread of their own, so catching
@@ -126,6 +130,7 @@ class AnalyticsService:
             await self.bus.subscribe(
                 subjects.RPC_ANALYTICS_QUERY, self._on_query, queue="analytics"
             ),
+            await self.bus.subscribe(subjects.ANALYTICS_WATCH, self._on_watch),
         ]
         self._tasks = [
             asyncio.create_task(self._ingest_loop(), name="analytics-ingest"),
@@ -213,9 +218,11 @@ class AnalyticsService:
         if applied.touched:
             now = now_ms()
             gap = CATCH_UP_GAP_MS if self._backlog else 0
+            watched = self.watch.watched(time.monotonic())
             for ctx, touched in applied.touched.items():
-                self.throttle.mark(ctx, touched, now, gap)
-            self._wake.set()
+                if ctx in watched:  # nobody has a dashboard open elsewhere: nothing to push
+                    self.throttle.mark(ctx, touched, now, gap)
+                    self._wake.set()
 
     # --- computing and publishing ---------------------------------------------------------
     def _compute(
@@ -300,6 +307,8 @@ class AnalyticsService:
             except Exception:
                 log.exception("active contexts query failed")
                 continue
+            watched = self.watch.watched(time.monotonic())
+            ctxs = [c for c in ctxs if c in watched]
             if not ctxs:
                 continue
             wanted = {"activity": ctxs, "engagement": ctxs}
@@ -310,6 +319,13 @@ class AnalyticsService:
                 continue
             await self._offer(values, version, now, timed=True)
 
+    async def _on_watch(self, msg: Message) -> None:
+        try:
+            beat = _watch_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        self.watch.heartbeat(beat.gatewayId, beat.contexts, time.monotonic(), beat.final)
+
     # --- RPC ------------------------------------------------------------------------------
     async def _on_current(self, msg: Message) -> None:
         try:
@@ -318,6 +334,7 @@ class AnalyticsService:
             await msg.respond(_encoder.encode(CurrentReply(error=f"bad request: {exc}")))
             return
         assert self._projector is not None
+        self.watch.asked(req.contextIds, time.monotonic())  # a dashboard opens: push from now
         now = req.now if req.now is not None else now_ms()
         wanted = {m: list(req.contextIds) for m in dict.fromkeys(req.metrics)}
         try:

@@ -80,6 +80,11 @@ class AnalyticsEndpoint:
         self.bus = parts.bus
         self.fanout = parts.fanout
         self.members: dict[str, MetricsMember] = {}
+        parts.heartbeats.analytics = self.watched
+
+    def watched(self) -> list[str]:
+        """The contexts this gateway has analytics sockets in (for the heartbeat)."""
+        return sorted({m.authed.context_id for m in self.members.values()})
 
     def allowed(self, identity: Identity) -> bool:
         return identity.has_role("instructor", "admin")

@@ -18,7 +18,13 @@ from shared import subjects, tasks
 from shared.bus.port import Bus, Unavailable
 from shared.config import Settings
 from shared.logs import get_logger
-from shared.schemas.commands import CollabHeartbeat, Connection, GatewayHeartbeat, SessionMember
+from shared.schemas.commands import (
+    AnalyticsWatch,
+    CollabHeartbeat,
+    Connection,
+    GatewayHeartbeat,
+    SessionMember,
+)
 from shared.schemas.wire import encode
 
 __all__ = ["Heartbeats"]
@@ -36,6 +42,7 @@ class Heartbeats:
         self.gateway_id = gateway_id
         self.chat: ChatSockets = list
         self.collab: CollabSockets = lambda: ([], [])
+        self.analytics: Callable[[], list[str]] = list  # contexts with analytics sockets
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -52,6 +59,7 @@ class Heartbeats:
             await self._send(
                 GatewayHeartbeat(self.gateway_id, [], final=True),
                 CollabHeartbeat(self.gateway_id, [], final=True),
+                AnalyticsWatch(self.gateway_id, [], final=True),
             )
 
     async def _loop(self) -> None:
@@ -64,12 +72,16 @@ class Heartbeats:
             await self._send(
                 GatewayHeartbeat(self.gateway_id, self.chat(), seq=seq),
                 CollabHeartbeat(self.gateway_id, members, seq=seq, connections=conns),
+                AnalyticsWatch(self.gateway_id, self.analytics()),
             )
 
-    async def _send(self, chat: GatewayHeartbeat, collab: CollabHeartbeat) -> None:
+    async def _send(
+        self, chat: GatewayHeartbeat, collab: CollabHeartbeat, watch: AnalyticsWatch
+    ) -> None:
         beats: list[tuple[str, msgspec.Struct]] = [
             (subjects.GATEWAY_HEARTBEAT, chat),
             (subjects.COLLAB_HEARTBEAT, collab),
+            (subjects.ANALYTICS_WATCH, watch),
         ]
         for subject, beat in beats:
             try:

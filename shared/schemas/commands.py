@@ -103,6 +103,15 @@ class GatewayHeartbeat(Struct, frozen=True):
     seq: int = 0
 
 
+class AnalyticsWatch(Struct, frozen=True):
+    """The contexts one gateway has analytics sockets in (sent with every heartbeat): the
+    aggregator computes live metrics for these only."""
+
+    gatewayId: str
+    contexts: list[str]
+    final: bool = False
+
+
 # --- collaboration -------------------------------------------------------------------------------
 # RPC bodies (``RPC_COLLAB``) are MessagePack, not JSON: a reply holds a whole document (up to
 # AG_DOC_MAX_BYTES of UTF-8), and JSON escapes of control characters could make that six times

@@ -90,7 +90,10 @@ class Conn:
         self._replies: asyncio.Queue[
             tuple[asyncio.Future[ReplyLike], Callable[[], None] | None]
         ] = asyncio.Queue(256)
-        self._tasks: list[asyncio.Task[None]] = []
+        # Started when there is work and ended when it is done: an idle socket holds no task.
+        self._writer_task: asyncio.Task[None] | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._started = False
 
     @property
     def closed(self) -> bool:
@@ -113,14 +116,25 @@ class Conn:
         return self.authed
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._writer(), name=f"conn-writer-{self.id}"),
-            asyncio.create_task(self._pump(), name=f"conn-replies-{self.id}"),
-        ]
+        self._started = True
+        self._wake_writer()
+        self._wake_pump()
+
+    def _wake_writer(self) -> None:
+        task = self._writer_task
+        if self._started and not self._out.empty() and (task is None or task.done()):
+            if self.state is not ConnState.CLOSED:
+                self._writer_task = asyncio.create_task(self._writer(), name="conn-writer")
+
+    def _wake_pump(self) -> None:
+        task = self._pump_task
+        if self._started and not self._replies.empty() and (task is None or task.done()):
+            if self.state is not ConnState.CLOSED:
+                self._pump_task = asyncio.create_task(self._pump(), name="conn-replies")
 
     async def stop(self) -> None:
         self.state = ConnState.CLOSED
-        await tasks.stop(self._tasks)
+        await tasks.stop([self._writer_task, self._pump_task])
         while not self._replies.empty():  # replies nobody will send: stop their work too
             fut, _ = self._replies.get_nowait()
             fut.cancel()
@@ -148,6 +162,8 @@ class Conn:
         except asyncio.QueueFull:
             if not droppable:
                 self._slow()
+            return
+        self._wake_writer()
 
     def _slow(self) -> None:
         log.warning("slow consumer closed", extra={"connectionId": self.id})
@@ -184,6 +200,7 @@ class Conn:
         else:
             fut = asyncio.ensure_future(result)
         await self._replies.put((fut, then))
+        self._wake_pump()
 
     def close(self, code: int, reason: str = "") -> None:
         if self.closed:
@@ -203,6 +220,7 @@ class Conn:
         while True:
             try:
                 self._out.put_nowait((_CLOSE, code, reason))
+                self._wake_writer()
                 return
             except asyncio.QueueFull:
                 self._out.get_nowait()
@@ -212,8 +230,8 @@ class Conn:
         await self._out.join()
 
     async def _pump(self) -> None:
-        while True:
-            fut, then = await self._replies.get()
+        while not self._replies.empty():
+            fut, then = self._replies.get_nowait()
             try:
                 result = await fut
             except Exception:
@@ -234,8 +252,8 @@ class Conn:
                 then()
 
     async def _writer(self) -> None:
-        while True:
-            item = await self._out.get()
+        while not self._out.empty():
+            item = self._out.get_nowait()
             self._busy = True
             try:
                 if isinstance(item, tuple):

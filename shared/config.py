@@ -110,7 +110,6 @@ _POSITIVE = {
     "snapshot_every",
     "collab_history",
     "analytics_batch",
-    "analytics_linger_ms",
     "metrics_tick_s",
     "query_timeout_s",
     "query_max_rows",

@@ -34,6 +34,7 @@ def test_environment_then_explicit_overrides_win() -> None:
         ("AG_JWT_ALGORITHMS", "none"),
         ("AG_LOG_FORMAT", "xml"),
         ("AG_JWT_LEEWAY_S", "-1"),
+        ("AG_ANALYTICS_LINGER_MS", "-5"),
         ("AG_WS_COMPRESSION", "maybe"),
     ],
 )
@@ -41,6 +42,10 @@ def test_bad_values_fail_loudly_naming_the_variable(var: str, value: str) -> Non
     with pytest.raises(ConfigError) as info:
         load_settings({var: value})
     assert var in str(info.value)
+
+
+def test_a_zero_linger_commits_live_batches_at_once() -> None:
+    assert load_settings({"AG_ANALYTICS_LINGER_MS": "0"}).analytics_linger_ms == 0
 
 
 def test_booleans_accept_the_usual_spellings() -> None:

@@ -18,7 +18,7 @@ class SlidingWindow:
     def __init__(self, limit: int, window: float = 60.0) -> None:
         self.limit = limit
         self.window = window
-        self._hits: deque[float] = deque()
+        self._hits: deque[float] | None = None  # made on the first hit: most windows see none
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window
@@ -29,6 +29,8 @@ class SlidingWindow:
     def hit(self, now: float) -> bool:
         """Count one event at ``now``; False (and not counted) if it is over the limit."""
         self._expire(now)
+        if self._hits is None:
+            self._hits = deque()
         if len(self._hits) >= self.limit:
             return False
         self._hits.append(now)

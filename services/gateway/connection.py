@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = ["Authed", "Conn", "ConnState", "Reply", "StateError"]
 
 log = get_logger(__name__)
 _CLOSE = object()
+REPLY_SLOTS = 256  # replies in flight per socket before reading its next frame waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +88,13 @@ class Conn:
         self._max_queue = max_queue
         self._pending: list[str] = []  # emitted this loop turn, for the outlet
         self._busy = False  # the writer task holds a frame it has not finished sending
-        self._out: asyncio.Queue[Any] = asyncio.Queue(max_queue)
-        self._replies: asyncio.Queue[
-            tuple[asyncio.Future[ReplyLike], Callable[[], None] | None]
-        ] = asyncio.Queue(256)
+        # Plain deques, made when needed and dropped when empty: most sockets keep up, and an
+        # idle one should cost little (three asyncio.Queues were ~7 KB of every connection).
+        self._out: deque[Any] | None = None  # the queue path, while this socket is behind
+        self._replies: deque[tuple[asyncio.Future[ReplyLike], Callable[[], None] | None]] | None
+        self._replies = None
+        self._room: asyncio.Future[None] | None = None  # a reply() waiting for a free slot
+        self._drained: asyncio.Future[None] | None = None  # flushed() waiting for the writer
         # Started when there is work and ended when it is done: an idle socket holds no task.
         self._writer_task: asyncio.Task[None] | None = None
         self._pump_task: asyncio.Task[None] | None = None
@@ -122,22 +127,25 @@ class Conn:
 
     def _wake_writer(self) -> None:
         task = self._writer_task
-        if self._started and not self._out.empty() and (task is None or task.done()):
+        if self._started and self._out and (task is None or task.done()):
             if self.state is not ConnState.CLOSED:
                 self._writer_task = asyncio.create_task(self._writer(), name="conn-writer")
 
     def _wake_pump(self) -> None:
         task = self._pump_task
-        if self._started and not self._replies.empty() and (task is None or task.done()):
+        if self._started and self._replies and (task is None or task.done()):
             if self.state is not ConnState.CLOSED:
                 self._pump_task = asyncio.create_task(self._pump(), name="conn-replies")
 
     async def stop(self) -> None:
         self.state = ConnState.CLOSED
         await tasks.stop([self._writer_task, self._pump_task])
-        while not self._replies.empty():  # replies nobody will send: stop their work too
-            fut, _ = self._replies.get_nowait()
+        for fut, _ in self._replies or ():  # replies nobody will send: stop their work too
             fut.cancel()
+        self._replies = None
+        for waiter in (self._room, self._drained):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     # --- outbound -------------------------------------------------------------------------
     def push(self, text: str, droppable: bool = False) -> None:
@@ -148,7 +156,7 @@ class Conn:
         pending = self._pending
         outlet = self._outlet
         if pending or (
-            outlet is not None and not self._busy and self._out.empty() and outlet.can_write()
+            outlet is not None and not self._busy and not self._out and outlet.can_write()
         ):
             if len(pending) < self._max_queue:
                 pending.append(text)
@@ -157,12 +165,14 @@ class Conn:
             elif not droppable:
                 self._slow()
             return
-        try:
-            self._out.put_nowait(text)
-        except asyncio.QueueFull:
+        out = self._out
+        if out is None:
+            out = self._out = deque()
+        if len(out) >= self._max_queue:
             if not droppable:
                 self._slow()
             return
+        out.append(text)
         self._wake_writer()
 
     def _slow(self) -> None:
@@ -199,7 +209,16 @@ class Conn:
             fut.set_result(result)
         else:
             fut = asyncio.ensure_future(result)
-        await self._replies.put((fut, then))
+        while self._replies is not None and len(self._replies) >= REPLY_SLOTS:
+            if self._room is None or self._room.done():
+                self._room = asyncio.get_running_loop().create_future()
+            await self._room
+        if self.state is ConnState.CLOSED:
+            fut.cancel()
+            return
+        if self._replies is None:
+            self._replies = deque()
+        self._replies.append((fut, then))
         self._wake_pump()
 
     def close(self, code: int, reason: str = "") -> None:
@@ -211,27 +230,30 @@ class Conn:
         reason = reason.encode("utf-8", "ignore")[:123].decode("utf-8", "ignore")
         # What waits for the outlet goes first, through the queue, then the close.
         pending, self._pending = self._pending, []
-        for text in pending:
-            try:
-                self._out.put_nowait(text)
-            except asyncio.QueueFull:
-                break
+        out = self._out
+        if out is None:
+            out = self._out = deque()
+        out.extend(pending[: max(self._max_queue - len(out), 0)])
         # Jump the queue only if it is full; otherwise close after what is queued is sent.
-        while True:
-            try:
-                self._out.put_nowait((_CLOSE, code, reason))
-                self._wake_writer()
-                return
-            except asyncio.QueueFull:
-                self._out.get_nowait()
-                self._out.task_done()
+        while len(out) >= self._max_queue:
+            out.popleft()
+        out.append((_CLOSE, code, reason))
+        self._wake_writer()
 
     async def flushed(self) -> None:
-        await self._out.join()
+        """Wait until the writer has sent what is queued (the outlet's frames go at the end of
+        the turn they were emitted in)."""
+        while self._busy or (self._writer_task is not None and not self._writer_task.done()):
+            if self._drained is None or self._drained.done():
+                self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
 
     async def _pump(self) -> None:
-        while not self._replies.empty():
-            fut, then = self._replies.get_nowait()
+        replies = self._replies
+        while replies:
+            fut, then = replies.popleft()
+            if self._room is not None and not self._room.done():
+                self._room.set_result(None)
             try:
                 result = await fut
             except Exception:
@@ -250,25 +272,35 @@ class Conn:
                 self._emit(text, False)
             if then is not None:
                 then()
+        if self._replies is replies:
+            self._replies = None
 
     async def _writer(self) -> None:
-        while not self._out.empty():
-            item = self._out.get_nowait()
-            self._busy = True
-            try:
-                if isinstance(item, tuple):
-                    _, code, reason = item
-                    await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        out = self._out
+        try:
+            while out:
+                item = out.popleft()
+                self._busy = True
+                try:
+                    if isinstance(item, tuple):
+                        _, code, reason = item
+                        await self._send(
+                            {"type": "websocket.close", "code": code, "reason": reason}
+                        )
+                        return
+                    await self._send({"type": "websocket.send", "text": item})
+                    if self.on_sent:
+                        self.on_sent(1)
+                except Exception:  # the peer went away; the reader sees the disconnect
+                    self.state = ConnState.CLOSED
                     return
-                await self._send({"type": "websocket.send", "text": item})
-                if self.on_sent:
-                    self.on_sent(1)
-            except Exception:  # the peer went away; the reader sees the disconnect
-                self.state = ConnState.CLOSED
-                return
-            finally:
-                self._busy = False
-                self._out.task_done()
+                finally:
+                    self._busy = False
+        finally:
+            if self._out is out and not out:
+                self._out = None
+            if self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
 
 
 @dataclass(eq=False, slots=True)

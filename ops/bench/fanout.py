@@ -209,7 +209,7 @@ async def _sweep(
         if best is None:
             rate /= 2
             continue
-        if fail / best["rate"] < 1.08:
+        if fail / best["rate"] < 1.1:
             break
         rate = (best["rate"] + fail) / 2
     half = None
@@ -313,9 +313,9 @@ def _project(n: int, seconds: float, idle: int) -> dict[str, Any]:
         target = Target(
             "project", url, b'"type":"presence"', frame, list(pids.values()), pids["gateway"]
         )
-        out = asyncio.run(_sweep(target, n, seconds, 4))
+        out = asyncio.run(_sweep(target, n, seconds, 16))
         target.name = "project batch=1"
-        out["batched"] = asyncio.run(_sweep(target, n, seconds, 8, "&batch=1"))
+        out["batched"] = asyncio.run(_sweep(target, n, seconds, 16, "&batch=1"))
         out["idle"] = asyncio.run(_idle(target, idle, 100))
     return out
 
@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--subscribers", type=int, default=1000)
     p.add_argument("--idle", type=int, default=5000, help="idle sockets for the memory figure")
-    p.add_argument("--seconds", type=float, default=3.0, help="length of one rate step")
+    p.add_argument("--seconds", type=float, default=2.0, help="length of one rate step")
     p.add_argument("--only", default="bare,project,acks", help="any of bare, project, acks")
     p.add_argument("--ack-rate", type=float, default=1000, help="msg/s for the durable path")
     p.add_argument("--json", action="store_true", help="print the raw results as JSON too")

@@ -112,6 +112,7 @@ class BenchStack:
         deadline = time.monotonic() + 60
         while not self._ready():
             if time.monotonic() > deadline:
+                self.__exit__()  # a stack that never came up leaves no process behind
                 raise TimeoutError(f"bench stack not ready; logs in {self.dir}")
             time.sleep(0.1)  # polling readiness of other processes
         return self

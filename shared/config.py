@@ -49,6 +49,9 @@ class Settings:
     rate_frames_per_minute: int = 100
     rate_broadcasts_per_minute: int = 1000
     trusted_proxies: tuple[str, ...] = ()
+    allowed_origins: tuple[
+        str, ...
+    ] = ()  # browser origins besides the gateway's own; () = loopback
     # Chat
     typing_ttl_s: float = 6.0
     recovery_max: int = 1000

@@ -1,4 +1,6 @@
-"""ASGI wrapper that refuses WebSocket upgrades over the per-IP connection rate with HTTP 429.
+"""ASGI wrapper that refuses, before any work is done: a WebSocket upgrade or a ``POST`` from a
+browser origin that is not allowed (HTTP 403, ``services/gateway/origins.py``), and upgrades
+over the per-IP connection rate (HTTP 429).
 
 It sits outside the Litestar app because the refusal must happen before the upgrade, through
 the ASGI ``websocket.http.response`` extension (uvicorn's websockets-sansio implements it).
@@ -11,6 +13,7 @@ import time
 from typing import Any
 
 from services.gateway import metrics
+from services.gateway.origins import OriginPolicy
 from shared.config import Settings
 from shared.logs import get_logger
 from shared.ratelimit import KeyedLimiter
@@ -52,34 +55,63 @@ def client_ip(scope: dict[str, Any], proxies: tuple[IPNetwork, ...]) -> str:
     return peer
 
 
+_FORBIDDEN_ORIGIN = b'{"code":"forbidden","error":"origin not allowed"}'
+_RATE_LIMITED = b'{"code":"rate_limited","error":"too many connections from this address"}'
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+async def _http_refuse(send: Any, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class ConnectionGate:
     def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app
         self.trusted = parse_proxies(settings.trusted_proxies)
         self.limiter = KeyedLimiter(settings.rate_connections_per_minute)
+        self.origins = OriginPolicy(settings.allowed_origins)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket":
+        kind = scope["type"]
+        if kind == "websocket" or (kind == "http" and scope.get("method") == "POST"):
+            origin, host = _header(scope, b"origin"), _header(scope, b"host")
+            if not self.origins.allows(origin, host):
+                metrics.REJECTED.labels("origin").inc()
+                log.warning("origin refused", extra={"origin": origin, "path": scope.get("path")})
+                if kind == "websocket":
+                    await self._refuse(scope, receive, send, 403, _FORBIDDEN_ORIGIN)
+                else:
+                    await _http_refuse(send, 403, _FORBIDDEN_ORIGIN)
+                return
+        if kind == "websocket":
             ip = client_ip(scope, self.trusted)
             scope.setdefault("state", {})["client_ip"] = ip
             if not self.limiter.hit(ip, time.monotonic()):
                 metrics.REJECTED.labels("rate_limited").inc()
                 log.warning("connection rate limit", extra={"ip": ip})
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, 429, _RATE_LIMITED)
                 return
         await self.app(scope, receive, send)
 
     @staticmethod
-    async def _refuse(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _refuse(
+        scope: dict[str, Any], receive: Any, send: Any, status: int, body: bytes
+    ) -> None:
         await receive()  # websocket.connect
         if "websocket.http.response" in scope.get("extensions", {}):
-            body = b'{"code":"rate_limited","error":"too many connections from this address"}'
+            headers = [(b"content-type", b"application/json")]
+            if status == 429:
+                headers.append((b"retry-after", b"60"))
             await send(
-                {
-                    "type": "websocket.http.response.start",
-                    "status": 429,
-                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"60")],
-                }
+                {"type": "websocket.http.response.start", "status": status, "headers": headers}
             )
             await send({"type": "websocket.http.response.body", "body": body})
         else:  # servers without the extension answer 403; still refused before the upgrade

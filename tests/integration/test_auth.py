@@ -145,12 +145,14 @@ async def test_auth_frame_failure_error_carries_the_frame_id(stack: Stack) -> No
     assert c.seen[0]["id"] == "a1" and c.seen[0]["data"]["code"] == "forbidden"
 
 
-def http_json(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, dict]:
+def http_json(
+    url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict]:
     import json
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(url, data=body, method=method)
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
@@ -168,3 +170,28 @@ async def test_http_errors_answer_in_the_projects_shape(stack: Stack) -> None:
     big = b"x" * (65536 + 1)
     status, body = http_json(stack.http("/api/analytics/events"), "POST", big)
     assert (status, body) == (413, {"code": "too_large", "error": "request body too large"})
+
+
+async def test_a_browser_origin_that_is_not_allowed_is_refused_403_before_any_work(
+    stack: Stack,
+) -> None:
+    """Default AG_ALLOWED_ORIGINS: the gateway's own origin and loopback origins; a page on
+    another site can neither open a socket nor post events; no Origin (servers, SDKs) passes."""
+    import websockets
+    from websockets.exceptions import InvalidStatus
+
+    c = "ctx-origin"
+    url = stack.url(token=token("ann", c), contextId=c)
+    with pytest.raises(InvalidStatus) as refused:
+        await websockets.connect(url, origin="https://evil.example")  # type: ignore[arg-type]
+    assert refused.value.response.status_code == 403
+    assert b'"forbidden"' in refused.value.response.body
+    for origin in ("http://localhost:5173", "http://127.0.0.1:8080"):
+        ok = await Client.connect(url, origin=origin)
+        assert (await ok.recv())["type"] == "connected"
+    body = b'{"events":[]}'
+    events = stack.http("/api/analytics/events")
+    status, answer = http_json(events, "POST", body, {"Origin": "https://evil.example"})
+    assert (status, answer["code"]) == (403, "forbidden")
+    status, answer = http_json(events, "POST", body)  # no Origin: on to the token check
+    assert (status, answer["code"]) == (401, "unauthenticated")

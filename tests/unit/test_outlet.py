@@ -151,3 +151,36 @@ async def test_replies_take_the_same_path() -> None:
     assert h.outlet.messages() == [{"reply": 1}, {"reply": 2}, {"live": 1}]
     assert h.sent == []
     await h.stop()
+
+
+async def test_the_lean_receive_queue_hands_items_over_in_order_to_waiting_readers() -> None:
+    from services.gateway.outlet import _LeanQueue
+
+    q = _LeanQueue()
+    assert q.empty()
+    first = asyncio.ensure_future(q.get())
+    second = asyncio.ensure_future(q.get())
+    await asyncio.sleep(0)  # both wait
+    q.put_nowait("a")
+    q.put_nowait("b")
+    assert await asyncio.wait_for(asyncio.gather(first, second), 1) == ["a", "b"]
+    waiting = asyncio.ensure_future(q.get())
+    await asyncio.sleep(0)
+    waiting.cancel()  # a reader that gives up (the auth timeout) leaves nothing behind
+    q.put_nowait("c")
+    assert not q.empty() and await q.get() == "c" and q.empty()
+
+
+async def test_the_lean_event_wakes_every_waiter_on_set() -> None:
+    from services.gateway.outlet import _LeanEvent
+
+    ev = _LeanEvent()
+    waiters = [asyncio.ensure_future(ev.wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiters)
+    ev.set()
+    assert await asyncio.wait_for(asyncio.gather(*waiters), 1) == [True, True, True]
+    ev.clear()
+    assert not ev.is_set()
+    ev.set()
+    assert await ev.wait() is True

@@ -36,8 +36,6 @@ from typing import Any
 from ops.bench.harness import BenchStack, cpu_seconds, p50_p99_ms, rss_bytes
 from ops.bench.wsload import LoadSocket, open_socket
 from shared import subjects
-from shared.auth import mint_token
-from shared.config import load_settings
 
 SERVER_CPUS = {0}
 LOAD_CPUS = {1}
@@ -297,12 +295,6 @@ def _project(n: int, seconds: float, idle: int) -> dict[str, Any]:
     services = ["chat", "analytics", "collaboration", "gateway"]
     out: dict[str, Any] = {}
     with BenchStack(services, cpus=SERVER_CPUS) as stack:
-        settings = load_settings({"AG_JWT_SECRET": stack.secret})
-        now = time.time()
-
-        def url(user: str, room: str) -> str:
-            token = mint_token(settings, sub=user, contexts=[room], now=now)
-            return stack.ws_url("/api/chat/ws", token, room)
 
         def frame(step: int, i: int, t: int) -> str:
             content = f"@{step}:{t}@ {PAD}"
@@ -311,7 +303,12 @@ def _project(n: int, seconds: float, idle: int) -> dict[str, Any]:
 
         pids = stack.pids
         target = Target(
-            "project", url, b'"type":"presence"', frame, list(pids.values()), pids["gateway"]
+            "project",
+            stack.chat_url,
+            b'"type":"presence"',
+            frame,
+            list(pids.values()),
+            pids["gateway"],
         )
         out = asyncio.run(_sweep(target, n, seconds, 16))
         target.name = "project batch=1"
@@ -324,15 +321,8 @@ def _durable(rate: float) -> dict[str, Any]:
     """The durable path at ``rate`` msg/s over rooms of 10, on both cores (not pinned)."""
     os.sched_setaffinity(0, SERVER_CPUS | LOAD_CPUS)
     with BenchStack(["chat", "analytics", "collaboration", "gateway"]) as stack:
-        settings = load_settings({"AG_JWT_SECRET": stack.secret})
-        now = time.time()
-
-        def url(user: str, room: str) -> str:
-            token = mint_token(settings, sub=user, contexts=[room], now=now)
-            return stack.ws_url("/api/chat/ws", token, room)
-
-        low = asyncio.run(_acks(url, 10, 10, 20))
-        high = asyncio.run(_acks(url, 100, 10, rate))
+        low = asyncio.run(_acks(stack.chat_url, 10, 10, 20))
+        high = asyncio.run(_acks(stack.chat_url, 100, 10, rate))
         assert stack.nats is not None
         raw = asyncio.run(_raw_appends(stack.nats.url, 100, rate))
     os.sched_setaffinity(0, LOAD_CPUS)

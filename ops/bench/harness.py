@@ -91,6 +91,7 @@ class BenchStack:
         }
         self.nats: NatsServer | None = None
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._settings: Any = None
 
     def __enter__(self) -> BenchStack:
         self.nats = start_nats(self.dir, self.sync_interval, self.dir / "nats.log")
@@ -176,8 +177,13 @@ class BenchStack:
         from shared.auth import mint_token
         from shared.config import load_settings
 
-        settings = load_settings({"AG_JWT_SECRET": self.secret})
-        return mint_token(settings, sub=sub, contexts=[context], roles=roles, now=time.time())
+        if self._settings is None:  # benchmarks mint thousands: read the settings once
+            self._settings = load_settings({"AG_JWT_SECRET": self.secret})
+        return mint_token(self._settings, sub=sub, contexts=[context], roles=roles, now=time.time())
 
     def ws_url(self, path: str, token: str, context: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}?contextId={context}&token={token}"
+
+    def chat_url(self, user: str, context: str) -> str:
+        """A chat socket's URL for ``user`` in ``context``, token included."""
+        return self.ws_url("/api/chat/ws", self.token(user, context), context)

@@ -197,7 +197,6 @@ class ChatService:
     async def start(self) -> None:
         await self.rooms.rebuild_presence(self.presence)
         self._started = time.monotonic()
-        self.presence_log.start()
         bus = self.bus
         self._subs = [
             await bus.subscribe(subjects.RPC_CHAT_HISTORY, self._on_history, queue="chat"),

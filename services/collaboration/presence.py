@@ -116,13 +116,10 @@ class PresenceKeeper:
     async def _announce_online(self, ch: ConnectionChange) -> None:
         cls = CollabUserConnected if ch.kind == "joined" else CollabUserDisconnected
         ev = cls(contextId=ch.context_id, ts=now_ms(), userId=ch.user_id, userName=ch.user_name)
-        try:
-            await self.store.append_online(ev)
-        except Unavailable as exc:
-            log.warning("online change not logged", extra={"error": str(exc)})
+        self.store.log_online(ev)
 
     async def _announce(self, ch: Change) -> None:
-        """Log a join/leave, then tell the session's other users."""
+        """Log a join/leave (without waiting for it), tell the session's other users."""
         ts = now_ms()
         ev: ParticipantJoined | ParticipantLeft
         data: ParticipantJoinedData | ParticipantLeftData
@@ -145,10 +142,7 @@ class PresenceKeeper:
                 userName=ch.user_name,
             )
             data = ParticipantLeftData(ch.session_id, ch.user_id, ch.user_name)
-        try:
-            await self.store.append_presence(ev)
-        except Unavailable as exc:
-            log.warning("presence event not logged", extra={"error": str(exc)})
+        self.store.log_presence(ev)
         frame = encode_frame("participant_" + ch.kind, ms_to_ts(ts), data)
         try:
             await self.bus.publish(

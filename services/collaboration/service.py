@@ -100,6 +100,7 @@ class CollabService:
         await tasks.stop([self._ticker])
         await self.worker.stop()
         await tasks.stop(list(self._spawned))
+        await self.store.presence_log.stop()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import uuid
 
 from shared import subjects
+from shared.bus.pipe import AppendPipe
 from shared.bus.port import Appended, Bus
 from shared.config import Settings
 from shared.eventlog import decode_logged
@@ -63,6 +64,7 @@ class DocStore:
         self.settings = settings
         self.bus = bus
         self.snapshot_limit = max(bus.max_payload - _PAYLOAD_MARGIN, 1024)
+        self.presence_log = AppendPipe(bus, "collaboration presence")
 
     def _new(self, context_id: str, session_id: str) -> DocState:
         return DocState(
@@ -148,13 +150,14 @@ class DocStore:
             msg_id=msg_id,
         )
 
-    async def append_presence(self, ev: ParticipantJoined | ParticipantLeft) -> None:
+    def log_presence(self, ev: ParticipantJoined | ParticipantLeft) -> None:
+        """Log a join/leave without waiting for it (``shared/bus/pipe.py``)."""
         subject = subjects.collab_presence(ev.contextId, ev.sessionId)
-        await self.bus.append(subject, encode_event(ev), msg_id=uuid.uuid4().hex)
+        self.presence_log.put(subject, encode_event(ev), uuid.uuid4().hex)
 
-    async def append_online(self, ev: CollabUserConnected | CollabUserDisconnected) -> None:
+    def log_online(self, ev: CollabUserConnected | CollabUserDisconnected) -> None:
         subject = subjects.collab_connections(ev.contextId)
-        await self.bus.append(subject, encode_event(ev), msg_id=uuid.uuid4().hex)
+        self.presence_log.put(subject, encode_event(ev), uuid.uuid4().hex)
 
     async def presence_events(self) -> list[Event]:
         """Every logged join/leave and connect/disconnect (presence is rebuilt from them at

@@ -243,7 +243,7 @@ class Conn:
     async def flushed(self) -> None:
         """Wait until the writer has sent what is queued (the outlet's frames go at the end of
         the turn they were emitted in)."""
-        while self._busy or (self._writer_task is not None and not self._writer_task.done()):
+        while self._writer_task is not None and not self._writer_task.done():
             if self._drained is None or self._drained.done():
                 self._drained = asyncio.get_running_loop().create_future()
             await self._drained

@@ -87,7 +87,7 @@ class ConnectionGate:
                 metrics.REJECTED.labels("origin").inc()
                 log.warning("origin refused", extra={"origin": origin, "path": scope.get("path")})
                 if kind == "websocket":
-                    await self._refuse(scope, receive, send, 403, _FORBIDDEN_ORIGIN)
+                    await self._refuse(scope, receive, send, 403, _FORBIDDEN_ORIGIN, [])
                 else:
                     await _http_refuse(send, 403, _FORBIDDEN_ORIGIN)
                 return
@@ -97,19 +97,23 @@ class ConnectionGate:
             if not self.limiter.hit(ip, time.monotonic()):
                 metrics.REJECTED.labels("rate_limited").inc()
                 log.warning("connection rate limit", extra={"ip": ip})
-                await self._refuse(scope, receive, send, 429, _RATE_LIMITED)
+                retry = [(b"retry-after", b"60")]
+                await self._refuse(scope, receive, send, 429, _RATE_LIMITED, retry)
                 return
         await self.app(scope, receive, send)
 
     @staticmethod
     async def _refuse(
-        scope: dict[str, Any], receive: Any, send: Any, status: int, body: bytes
+        scope: dict[str, Any],
+        receive: Any,
+        send: Any,
+        status: int,
+        body: bytes,
+        extra: list[tuple[bytes, bytes]],
     ) -> None:
         await receive()  # websocket.connect
         if "websocket.http.response" in scope.get("extensions", {}):
-            headers = [(b"content-type", b"application/json")]
-            if status == 429:
-                headers.append((b"retry-after", b"60"))
+            headers = [(b"content-type", b"application/json"), *extra]
             await send(
                 {"type": "websocket.http.response.start", "status": status, "headers": headers}
             )

@@ -42,6 +42,35 @@ class Outlet(Protocol):
     def write(self, data: bytes) -> None: ...
 
 
+class _Waiters:
+    """Futures parked until woken; no list exists until one waits."""
+
+    __slots__ = ("_futures",)
+
+    def __init__(self) -> None:
+        self._futures: list[asyncio.Future[None]] | None = None
+
+    async def park(self) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        if self._futures is None:
+            self._futures = []
+        self._futures.append(fut)
+        try:
+            await fut
+        finally:  # woken or cancelled (a reader that gives up): gone either way
+            if self._futures is not None and fut in self._futures:
+                self._futures.remove(fut)
+            if not self._futures:
+                self._futures = None
+
+    def wake(self, *, everyone: bool) -> None:
+        for fut in list(self._futures or ()):
+            if not fut.done():
+                fut.set_result(None)
+                if not everyone:
+                    return
+
+
 class _LeanQueue:
     """What uvicorn's protocol needs of its receive queue (``put_nowait``, ``get``, ``empty``),
     without asyncio.Queue's three deques and Event: an idle socket holds an empty one."""
@@ -50,32 +79,20 @@ class _LeanQueue:
 
     def __init__(self) -> None:
         self._items: deque[Any] | None = None
-        self._getters: list[asyncio.Future[None]] | None = None
+        self._getters = _Waiters()
 
     def put_nowait(self, item: Any) -> None:
         if self._items is None:
             self._items = deque()
         self._items.append(item)
-        for getter in self._getters or ():
-            if not getter.done():
-                getter.set_result(None)
-                break
+        self._getters.wake(everyone=False)
 
     def empty(self) -> bool:
         return not self._items
 
     async def get(self) -> Any:
         while not self._items:
-            getter = asyncio.get_running_loop().create_future()
-            if self._getters is None:
-                self._getters = []
-            self._getters.append(getter)
-            try:
-                await getter
-            finally:
-                self._getters.remove(getter)
-                if not self._getters:
-                    self._getters = None
+            await self._getters.park()
         item = self._items.popleft()
         if not self._items:
             self._items = None
@@ -83,34 +100,27 @@ class _LeanQueue:
 
 
 class _LeanEvent:
-    """asyncio.Event's set, clear, is_set and wait, with no waiter deque until one waits."""
+    """asyncio.Event's set, clear, is_set and wait, with no waiter list until one waits."""
 
     __slots__ = ("_flag", "_waiters")
 
     def __init__(self) -> None:
         self._flag = False
-        self._waiters: list[asyncio.Future[None]] | None = None
+        self._waiters = _Waiters()
 
     def is_set(self) -> bool:
         return self._flag
 
     def set(self) -> None:
         self._flag = True
-        waiters, self._waiters = self._waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(None)
+        self._waiters.wake(everyone=True)
 
     def clear(self) -> None:
         self._flag = False
 
     async def wait(self) -> bool:
         while not self._flag:
-            waiter = asyncio.get_running_loop().create_future()
-            if self._waiters is None:
-                self._waiters = []
-            self._waiters.append(waiter)
-            await waiter
+            await self._waiters.park()
         return True
 
 

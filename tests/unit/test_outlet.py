@@ -50,9 +50,9 @@ class Harness:
         self.sent.append(message)
 
     async def turn(self) -> None:
-        """Let the loop run the flusher and the writer task."""
-        for _ in range(5):
-            await asyncio.sleep(0)
+        """End this loop turn: the flusher is a ``call_soon`` callback, so it has run when the
+        test resumes (no timer involved)."""
+        await asyncio.sleep(0)
 
     async def stop(self) -> None:
         await self.conn.stop()
@@ -110,7 +110,8 @@ async def test_a_paused_transport_sends_through_the_queue_and_order_is_kept() ->
     h.conn.push('{"n":0}')
     h.outlet.open = False  # flow control paused the transport before the turn ended
     h.conn.push('{"n":1}')  # joins what waits, does not jump ahead through the queue
-    await h.turn()
+    await h.turn()  # the flusher finds the transport paused: both go to the writer task
+    await h.conn.flushed()
     assert h.outlet.writes == []
     assert [json.loads(m["text"]) for m in h.sent] == [{"n": 0}, {"n": 1}]
     h.outlet.open = True
@@ -145,6 +146,8 @@ async def test_replies_take_the_same_path() -> None:
     h = Harness()
     await h.conn.reply('{"reply":1}')
     await h.conn.reply('{"reply":2}')
+    assert h.conn._pump_task is not None
+    await h.conn._pump_task  # the pump releases both replies, then ends
     await h.turn()
     h.conn.push('{"live":1}')
     await h.turn()

@@ -450,7 +450,14 @@ async def test_a_batched_message_is_handled_frame_by_frame_in_order(
     async with running(FakeServer(auto_connect=False)) as server:
         client = ChatClient(server.url, "ctx-1", token(), auth_mode="query", backoff=fast_backoff)
         seen: list[str] = []
-        client.on("*", lambda frame: seen.append(frame.type))
+        five = asyncio.Event()
+
+        def record(frame: Frame) -> None:
+            seen.append(frame.type)
+            if len(seen) == 5:
+                five.set()
+
+        client.on("*", record)
         connecting = asyncio.create_task(client.connect())
         peer = await server.next_peer()
         stamp = '"timestamp":"2026-01-05T09:30:00.123Z"'
@@ -465,8 +472,6 @@ async def test_a_batched_message_is_handled_frame_by_frame_in_order(
         await peer.send_raw(f"[{connected},{extra}]")
         await asyncio.wait_for(connecting, timeout())
         await peer.send_raw(f'[{{"type":"later_3",{stamp},"data":{{}}}}]')
-        deadline = asyncio.get_running_loop().time() + timeout()
-        while len(seen) < 5 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)  # polling the handler's list
+        await asyncio.wait_for(five.wait(), timeout())
         assert seen == ["connected", "later_0", "later_1", "later_2", "later_3"]
         await client.close()

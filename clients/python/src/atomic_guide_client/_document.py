@@ -25,12 +25,29 @@ user deleted lands at the start of that range). An operation the server *refused
 
 from __future__ import annotations
 
-from ._ot import Op, apply, apply_all, diff, merge, transform_lists
+from ._ot import Delete, Op, apply, apply_all, diff, merge, transform_lists
 
 __all__ = ["Desync", "SharedDocument"]
 
 #: Remote operations held while waiting for our ack; past this something is wrong.
 MAX_EARLY = 1000
+
+
+def _merge_touching(pieces: list[Op]) -> list[Op]:
+    """Pieces of our in-flight delete that touch again (a remote delete undid their split)
+    become one, as the server merges them: the ack then names one version, not two."""
+    out: list[Op] = []
+    for piece in pieces:
+        last = out[-1] if out else None
+        if (
+            isinstance(last, Delete)
+            and isinstance(piece, Delete)
+            and piece.position == last.position
+        ):
+            out[-1] = Delete(last.position, last.length + piece.length)
+        else:
+            out.append(piece)
+    return out
 
 
 class Desync(Exception):
@@ -115,6 +132,7 @@ class SharedDocument:
         ops: list[Op] = [op]
         if self._inflight is not None:
             self._inflight, ops = transform_lists(self._inflight, ops, ops_win_ties=False)
+            self._inflight = _merge_touching(self._inflight)
         self._buffer, ops = transform_lists(self._buffer, ops, ops_win_ties=False)
         self._text = apply_all(self._text, ops)
         return ops

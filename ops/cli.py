@@ -42,6 +42,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         env["AG_JWT_SECRET"] = secret
         if new:
             say(f"AG_JWT_SECRET not set: generated a dev secret in {data_dir}/jwt_secret")
+    # `up` is the development stack: the demo page on (unless AG_DEMO says otherwise), and
+    # enough connections per minute for a few browser tabs of three sockets each.
+    env.setdefault("AG_DEMO", "true")
+    env.setdefault("AG_RATE_CONNECTIONS_PER_MINUTE", "120")
     env.update(
         AG_DATA_DIR=str(data_dir),
         AG_GATEWAY_PORT=str(settings.gateway_port),
@@ -82,7 +86,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                     sup.start(["gateway"])
             elif not ready and _http_ok(base + "/readyz"):
                 ready = True
-                _banner(settings, base, data_dir, sup.metrics_ports)
+                demo = _demo_links(settings, env, base)
+                _banner(settings, base, data_dir, sup.metrics_ports, demo)
             time.sleep(0.2)  # supervisor poll interval
     finally:
         # Stop first, talk after: the terminal (or `tee`) may already be gone.
@@ -95,7 +100,35 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _banner(settings: Any, base: str, data_dir: Path, metrics_ports: dict[str, int]) -> None:
+def _demo_links(settings: Any, env: dict[str, str], base: str) -> str:
+    """Two ready demo links, a learner's and an instructor's, with dev tokens in the URL
+    fragment: a browser never sends the fragment, so no token reaches a server log."""
+    from shared.auth import mint_token
+    from shared.config import load_settings
+
+    if load_settings(env).demo is False:
+        return ""
+    secret = env.get("AG_JWT_SECRET")
+    if not secret or not any(a.startswith("HS") for a in settings.jwt_algorithms):
+        return "Demo: /demo/ (no dev secret to mint tokens with: put ?token=… in the fragment)\n"
+    keyed = settings.replace(jwt_secret=secret)
+    now, ttl = time.time(), 12 * 3600
+    context = "course-1"
+    links = []
+    for label, sub, name, role in (
+        ("learner", "learner-1", "Alex Learner", "learner"),
+        ("instructor", "instructor-1", "Ines Instructor", "instructor"),
+    ):
+        token = mint_token(
+            keyed, sub=sub, name=name, contexts=[context], roles=[role], ttl=ttl, now=now
+        )
+        links.append(f"  {label + ':':<14} {base}/demo/#context={context}&token={token}")
+    return "Open the demo (tokens valid 12 h):\n" + "\n".join(links) + "\n"
+
+
+def _banner(
+    settings: Any, base: str, data_dir: Path, metrics_ports: dict[str, int], demo: str = ""
+) -> None:
     ws = base.replace("http://", "ws://")
     host = settings.gateway_host
     service_metrics = "  ".join(f"{n}: http://{host}:{p}/" for n, p in metrics_ports.items())
@@ -110,7 +143,7 @@ Atomic Guide realtime is up.
 Get a token (in another shell, same data dir):
   atomic-guide token --sub alice --name Alice --context course-1 --data-dir {data_dir}
 Connect:  python -m websockets "{ws}/api/chat/ws?contextId=course-1&token=<token>"
-Ctrl-C stops everything.
+{demo}Ctrl-C stops everything.
 """
     try:
         print(text, flush=True)

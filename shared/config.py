@@ -28,6 +28,10 @@ class Settings:
     data_dir: Path = Path("./.data")
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
+    # Browser side: the demo page at /demo/ (off unless asked for; `atomic-guide up` asks) and
+    # where the JavaScript client and the demo's files are (default: this checkout)
+    demo: bool = False
+    web_root: Path | None = None
     nats_url: str | None = None
     # JWT
     jwt_secret: str | None = None

@@ -23,6 +23,7 @@ from services.gateway.heartbeat import Heartbeats
 from services.gateway.ingest import Ingest
 from services.gateway.parts import Parts
 from services.gateway.session import Endpoint, SessionRunner
+from services.gateway.web import web_handlers
 from shared.auth import TokenVerifier
 from shared.bus.nats import NatsBus, connect
 from shared.config import Settings
@@ -215,6 +216,7 @@ def create_app(settings: Settings) -> tuple[Any, Gateway]:
             healthz,
             readyz,
             metrics_route,
+            *web_handlers(settings),
         ],
         lifespan=[lifespan],
         openapi_config=None,  # no docs/debug endpoints open by default

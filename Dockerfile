@@ -42,10 +42,14 @@ RUN groupadd --system --gid 10001 app \
  && mkdir -p /data \
  && chown app:app /data
 COPY --from=builder /opt/venv /opt/venv
+# The browser side the gateway serves: the JS client (/client/) and the demo page (/demo/).
+COPY clients/js/src /opt/atomic-guide/clients/js/src
+COPY clients/demo /opt/atomic-guide/clients/demo
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     AG_DATA_DIR=/data \
+    AG_WEB_ROOT=/opt/atomic-guide \
     AG_GATEWAY_HOST=0.0.0.0
 USER app
 WORKDIR /data

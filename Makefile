@@ -21,6 +21,9 @@ up: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 	cd clients/python && ../../$(PY) -m pytest -q
+	@if command -v node >/dev/null; then node --test clients/js/test/; \
+	elif [ "$$AG_REQUIRE_JS" = 1 ]; then echo "node is required (AG_REQUIRE_JS=1)"; exit 1; \
+	else echo "node not found: JS client tests skipped"; fi
 
 check: $(STAMP)
 	$(VENV)/bin/ruff format --check .

@@ -17,6 +17,7 @@ from typing import Any
 from litestar import Request, Response, get
 from litestar.exceptions import NotFoundException
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath
 from litestar.response import Redirect
 
 from shared.config import Settings
@@ -24,11 +25,11 @@ from shared.config import Settings
 __all__ = ["web_handlers", "web_root"]
 
 _TYPES = {
-    ".js": "text/javascript; charset=utf-8",
-    ".ts": "text/plain; charset=utf-8",  # the .d.ts typings, for people and editors
-    ".html": "text/html; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".svg": "image/svg+xml",
+    ".js": "text/javascript",
+    ".ts": "text/plain",  # the .d.ts typings, for people and editors
+    ".html": "text/html",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",  # (Litestar adds "; charset=utf-8" to the text types)
 }
 # The demo page's policy: its own scripts and sockets only; the token lives in the URL
 # fragment (never sent to a server) and no referrer leaks the page address.
@@ -97,7 +98,7 @@ def web_handlers(settings: Settings) -> list[HTTPRouteHandler]:
     client_cache = "public, max-age=300, must-revalidate"
 
     @get("/client/{name:str}", include_in_schema=False)
-    async def client_file(name: str, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def client_file(name: FromPath[str], request: Request[Any, Any, Any]) -> Response[bytes]:
         return _serve(client, name, request, client_cache)
 
     handlers: list[HTTPRouteHandler] = [client_file]
@@ -110,7 +111,7 @@ def web_handlers(settings: Settings) -> list[HTTPRouteHandler]:
         return _serve(demo, "index.html", request, "no-cache", _DEMO_HEADERS)
 
     @get("/demo/{name:str}", include_in_schema=False)
-    async def demo_file(name: str, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def demo_file(name: FromPath[str], request: Request[Any, Any, Any]) -> Response[bytes]:
         return _serve(demo, name, request, "no-cache", _DEMO_HEADERS)
 
     @get("/", include_in_schema=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import T
-from tests.helpers import ROOT, Client, token, wait_until
+from tests.helpers import ROOT, Client, http_status, token, wait_until
 from tests.integration.up_support import UpStack
 
 pytestmark = pytest.mark.integration
@@ -122,3 +123,22 @@ async def test_a_killed_up_leaves_nothing_running_and_its_data_dir_is_taken_over
     await c.expect("connected")
     second.stop()
     nothing_left(second)
+
+
+async def test_up_serves_the_demo_and_prints_two_links_with_tokens_in_the_fragment(
+    up,  # type: ignore[no-untyped-def]
+) -> None:
+    stack = up().start()
+    wait_until(lambda: "Open the demo" in stack.tail(10**6), 30, "the demo links")
+    links = re.findall(r"(learner|instructor):\s+(http://\S+)", stack.tail(10**6))
+    assert [role for role, _ in links] == ["learner", "instructor"]
+    for role, link in links:
+        page, fragment = link.split("#", 1)
+        assert page == stack.http("/demo/")  # the token is only in the fragment
+        fields = dict(part.split("=", 1) for part in fragment.split("&"))
+        assert fields["context"] == "course-1"
+        assert http_status(page) == 200
+        c = await Client.connect(stack.url(token=fields["token"], contextId="course-1"))
+        connected = await c.expect("connected")
+        assert connected["data"]["roles"] == [role]
+    assert http_status(stack.http("/client/atomic-guide.js")) == 200

@@ -4,7 +4,7 @@
 // strings do. join() resolves with a CollaborationDocument once the server's text is in.
 import { Connection, newRequestId } from "./connection.js";
 import { Desync, SharedDocument } from "./document.js";
-import { del, insert, transform } from "./ot.js";
+import { del, diff, insert, transform } from "./ot.js";
 
 /** Refusals after which a local edit is dropped (undone) rather than rebased and re-sent. */
 const FATAL_EDIT_ERRORS = new Set(["forbidden", "invalid_message", "too_large", "not_found"]);
@@ -73,17 +73,7 @@ export class CollaborationDocument {
 
   /** Replace the whole local text with `text` as one delete and/or one insert (for textareas). */
   setText(text) {
-    const current = this.text;
-    let prefix = 0;
-    const limit = Math.min(current.length, text.length);
-    while (prefix < limit && current.charCodeAt(prefix) === text.charCodeAt(prefix)) prefix += 1;
-    let suffix = 0;
-    while (suffix < limit - prefix && current.charCodeAt(current.length - 1 - suffix) === text.charCodeAt(text.length - 1 - suffix)) suffix += 1;
-    // never cut between the halves of a surrogate pair
-    if (prefix > 0 && /[\ud800-\udbff]/.test(current[prefix - 1])) prefix -= 1;
-    if (suffix > 0 && /[\udc00-\udfff]/.test(current[current.length - suffix])) suffix -= 1;
-    if (current.length - suffix > prefix) this.delete(prefix, current.length - suffix - prefix);
-    this.insert(prefix, text.slice(prefix, text.length - suffix));
+    for (const op of diff(this.text, text)) this.edit(op);
   }
 
   /** Show our cursor to the others; dropped (false) while disconnected. */

@@ -9,7 +9,7 @@
 // map until answered and are re-sent with the same `id` after a reconnect; the server's
 // dedup window makes the re-send harmless. typing/cursor/ping are fire-and-forget: sent
 // while connected, else dropped (a stale indicator is worse than none).
-import { ConnectionClosed, Disconnected, QueueFull, ServerError, errorForClose } from "./errors.js";
+import { ConnectionClosed, Disconnected, QueueFull, ServerError } from "./errors.js";
 import { Backoff, SlidingWindow, afterClose } from "./policy.js";
 import { TokenClock } from "./token.js";
 
@@ -84,6 +84,7 @@ export class Connection {
     this.counted = 0;
     this.terminal = null;
     this.socket = null; // the live socket's session, while connected
+    this.opening = null; // the socket's session between open and `connected`
     this.running = null;
     this.waiters = [];
     this.timers = new Set();
@@ -476,4 +477,3 @@ export class Connection {
   }
 }
 
-export { errorForClose };

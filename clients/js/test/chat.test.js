@@ -1,30 +1,15 @@
 // Chat (chat.js, sequencer.js): every message delivered once, in seq order, across
 // reconnects — recovery with lastSeq, holding until `recovered`, and paging back through
 // `history` when the server's recovery was truncated.
-import { test as nodeTest } from "node:test";
 import assert from "node:assert/strict";
 
-import { Backoff, ChatWebSocketClient, MAX_HISTORY_PAGE } from "../src/atomic-guide.js";
+import { ChatWebSocketClient, MAX_HISTORY_PAGE } from "../src/atomic-guide.js";
 import { Sequencer } from "../src/sequencer.js";
 import { BASE_SEED, rng } from "./random.js";
-import { FakeServer, TEST_TIMEOUT_MS, collect, iso, jwt, nextEvent, quietLogger } from "./fake-server.js";
-
-const test = (name, fn) => nodeTest(name, { timeout: TEST_TIMEOUT_MS }, fn);
+import { collect, iso, nextEvent, startClient, test } from "./fake-server.js";
 
 function setup(t, options = {}) {
-  const server = new FakeServer();
-  const logger = quietLogger();
-  const client = new ChatWebSocketClient({
-    url: "ws://gw.test",
-    contextId: "c1",
-    token: jwt(),
-    WebSocket: server.WebSocket,
-    logger,
-    backoff: new Backoff({ random: () => 0 }),
-    ...options,
-  });
-  t.after(() => client.close());
-  return { server, client, logger };
+  return startClient(t, ChatWebSocketClient, options);
 }
 
 const message = (seq) => ({

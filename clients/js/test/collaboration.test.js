@@ -1,30 +1,15 @@
 // Collaboration and analytics clients over the fake server: join, edits one at a time,
 // remote edits, version_mismatch -> snapshot -> rebase, the re-join and re-send after a
 // reconnect; analytics subscriptions renewed on a new socket.
-import { test as nodeTest } from "node:test";
 import assert from "node:assert/strict";
 
-import { AnalyticsWebSocketClient, Backoff, CollaborationWebSocketClient, ot } from "../src/atomic-guide.js";
-import { FakeServer, TEST_TIMEOUT_MS, jwt, nextEvent, quietLogger } from "./fake-server.js";
-
-const test = (name, fn) => nodeTest(name, { timeout: TEST_TIMEOUT_MS }, fn);
+import { AnalyticsWebSocketClient, CollaborationWebSocketClient, ot } from "../src/atomic-guide.js";
+import { nextEvent, startClient, test } from "./fake-server.js";
 
 const { insert } = ot;
 
 function setup(t, Kind, options = {}) {
-  const server = new FakeServer({ roles: ["instructor"] });
-  const logger = quietLogger();
-  const client = new Kind({
-    url: "ws://gw.test",
-    contextId: "c1",
-    token: jwt(),
-    WebSocket: server.WebSocket,
-    logger,
-    backoff: new Backoff({ random: () => 0 }),
-    ...options,
-  });
-  t.after(() => client.close());
-  return { server, client, logger };
+  return startClient(t, Kind, options, { roles: ["instructor"] });
 }
 
 async function connectAndJoin(server, client, { content = "", version = 0, role } = {}) {

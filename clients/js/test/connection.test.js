@@ -1,7 +1,6 @@
 // The connection core (connection.js) against the scripted fake server: authentication,
 // requests and replies, the bounded queue, reconnects and their close codes, heartbeat,
 // token refresh, handlers and pacing.
-import { test as nodeTest } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -18,9 +17,7 @@ import {
   TooLargeError,
   endpointUrl,
 } from "../src/atomic-guide.js";
-import { FakeServer, TEST_TIMEOUT_MS, collect, jwt, nextEvent, quietLogger, stateReached } from "./fake-server.js";
-
-const test = (name, fn) => nodeTest(name, { timeout: TEST_TIMEOUT_MS }, fn);
+import { collect, FakeServer, jwt, nextEvent, startClient, stateReached, test } from "./fake-server.js";
 
 const TOKEN = jwt();
 
@@ -40,19 +37,7 @@ class RecordingBackoff extends Backoff {
 
 /** A client of `Kind` on a fresh fake server; closed when the test ends. */
 function setup(t, options = {}, Kind = Connection) {
-  const server = new FakeServer();
-  const logger = quietLogger();
-  const client = new Kind({
-    url: "ws://gw.test",
-    contextId: "c1",
-    token: TOKEN,
-    WebSocket: server.WebSocket,
-    logger,
-    backoff: new Backoff({ random: () => 0 }),
-    ...options,
-  });
-  t.after(() => client.close());
-  return { server, client, logger };
+  return startClient(t, Kind, { token: TOKEN, ...options });
 }
 
 /** Connect and accept the first socket; resolves with the socket. */

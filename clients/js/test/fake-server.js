@@ -14,6 +14,10 @@
 // bounded by a timeout, so a test that waits for something that never happens fails fast
 // with a message saying what it waited for.
 
+import { test as nodeTest } from "node:test";
+
+import { Backoff } from "../src/atomic-guide.js";
+
 export const CONNECTING = 0;
 export const OPEN = 1;
 export const CLOSING = 2;
@@ -298,4 +302,24 @@ export class FakeServer {
   get last() {
     return this.sockets[this.sockets.length - 1];
   }
+}
+
+/** node:test's `test` with the per-test timeout every suite uses. */
+export const test = (name, fn) => nodeTest(name, { timeout: TEST_TIMEOUT_MS }, fn);
+
+/** A client of `Kind` on a fresh fake server (`serverOptions`); closed when the test ends. */
+export function startClient(t, Kind, options = {}, serverOptions = {}) {
+  const server = new FakeServer(serverOptions);
+  const logger = quietLogger();
+  const client = new Kind({
+    url: "ws://gw.test",
+    contextId: "c1",
+    token: jwt(),
+    WebSocket: server.WebSocket,
+    logger,
+    backoff: new Backoff({ random: () => 0 }),
+    ...options,
+  });
+  t.after(() => client.close());
+  return { server, client, logger };
 }

@@ -64,7 +64,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         nats = NatsChild(
             data_dir, settings.nats_sync_interval, data_dir / "logs" / "nats.log", keep
         )
-    sup = Supervisor(env, nats=nats, keep_fds=keep)
+    sup = Supervisor(env, nats=nats, keep_fds=keep, workers=args.workers)
     try:
         if nats is not None:
             sup.start(["nats"])
@@ -153,6 +153,7 @@ Connect:  python -m websockets "{ws}/api/chat/ws?contextId=course-1&token=<token
 
 async def _unready(nats_url: str, names: set[str]) -> set[str]:
     """The services among ``names`` that do not answer their readiness probe yet."""
+    from ops.supervisor import service_of
     from shared.bus.nats import NatsBus, NatsUnreachable, connect_once
     from shared.config import load_settings
     from shared.probes import service_ready
@@ -163,7 +164,7 @@ async def _unready(nats_url: str, names: set[str]) -> set[str]:
         return names
     bus = NatsBus(load_settings({}), nc)
     try:
-        return {n for n in names if not await service_ready(bus, n, timeout=0.5)}
+        return {n for n in names if not await service_ready(bus, service_of(n), timeout=0.5)}
     finally:
         await nc.close()
 
@@ -192,7 +193,13 @@ async def _provision(settings: Any) -> None:
 
     nc = await connect_once(_url(settings), "atomic-guide-provision")
     try:
-        await ensure_streams(nc.jetstream(), settings.stream_replicas, settings.dedup_window_s)
+        await ensure_streams(
+            nc.jetstream(),
+            settings.stream_replicas,
+            settings.dedup_window_s,
+            settings.partitions,
+            settings.lease_s,
+        )
     finally:
         await nc.close()
 
@@ -253,6 +260,10 @@ def cmd_streams(args: argparse.Namespace) -> int:
     if consumers:
         print()
         _print_table(consumers, ["stream", "name", "pending", "ack_pending", "delivered"])
+    leases = [{"lease": k, "holder": v} for r in rows for k, v in r.get("leases", {}).items()]
+    if leases:
+        print()
+        _print_table(leases, ["lease", "holder"])
     return 0
 
 
@@ -267,6 +278,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="atomic-guide", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -274,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the whole stack in the foreground")
     up.add_argument("--port", type=int, help="gateway port (AG_GATEWAY_PORT)")
     up.add_argument("--data-dir", type=Path, help="data dir (AG_DATA_DIR)")
+    up.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="chat and collaboration worker processes each (partitions are shared among them)",
+    )
     up.set_defaults(func=cmd_up)
 
     tok = sub.add_parser("token", help="mint a dev JWT with the configured key")
@@ -298,9 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--data-dir", type=Path)
     st.set_defaults(func=cmd_streams)
     be = sub.add_parser(
-        "bench", help="benchmarks: chat, chat_start, fanout, ot, collab, analytics (--help each)"
+        "bench",
+        help="benchmarks: chat, chat_start, fanout, ot, collab, analytics, scale (--help each)",
     )
-    be.add_argument("target", choices=["chat", "chat_start", "fanout", "ot", "collab", "analytics"])
+    be.add_argument(
+        "target", choices=["chat", "chat_start", "fanout", "ot", "collab", "analytics", "scale"]
+    )
     be.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     be.set_defaults(func=cmd_bench)
 

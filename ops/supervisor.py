@@ -19,7 +19,7 @@ from pathlib import Path
 from ops.natsd import NatsServer, start_nats
 from ops.proc import spawn
 
-__all__ = ["SERVICES", "NatsChild", "Supervisor"]
+__all__ = ["SERVICES", "WORKERS", "NatsChild", "Supervisor", "service_of"]
 
 # Every service `up` starts: name -> python module. compose.yaml must have each (a test checks).
 SERVICES: dict[str, str] = {
@@ -28,8 +28,26 @@ SERVICES: dict[str, str] = {
     "analytics": "services.analytics",
     "collaboration": "services.collaboration",
 }
+# Services that run as partition workers: `up --workers N` starts N of each (chat-1, chat-2, …).
+WORKERS = ("chat", "collaboration")
 # Stop order: the gateway first (sockets get 1001 while the backends still answer), NATS last.
 STOP_ORDER = ["gateway", "chat", "analytics", "collaboration", "nats"]
+
+
+def service_of(child: str) -> str:
+    """The service a child runs: ``chat-2`` runs ``chat``."""
+    base = child.rsplit("-", 1)[0]
+    return base if base in WORKERS and child != base else child
+
+
+def child_names(workers: int = 1) -> list[str]:
+    names: list[str] = []
+    for name in SERVICES:
+        if name in WORKERS and workers > 1:
+            names += [f"{name}-{i}" for i in range(1, workers + 1)]
+        else:
+            names.append(name)
+    return names
 
 
 def say(text: str) -> None:
@@ -91,18 +109,19 @@ class Supervisor:
         *,
         nats: NatsChild | None = None,
         keep_fds: tuple[int, ...] = (),
+        workers: int = 1,
     ) -> None:
         self.env = env
         self.keep_fds = keep_fds
         self.children: dict[str, _Child] = {}
         if nats is not None:
             self.children["nats"] = _Child("nats", nats.start)
-        for n in names or list(SERVICES):
+        for n in names or child_names(workers):
             self.children[n] = _Child(n, self._service_starter(n))
         self.stopping = False
         # Each backend serves Prometheus metrics on a port of its own (the gateway at /metrics).
         host = env.get("AG_GATEWAY_HOST", "127.0.0.1")
-        self.metrics_ports = {n: _free_port(host) for n in self.children if n in SERVICES}
+        self.metrics_ports = {n: _free_port(host) for n in self.children if n != "nats"}
         self.metrics_ports.pop("gateway", None)
 
     def _service_starter(self, name: str) -> Callable[[], subprocess.Popen[bytes]]:
@@ -111,7 +130,10 @@ class Supervisor:
             if name in self.metrics_ports:
                 env["AG_METRICS_PORT"] = str(self.metrics_ports[name])
             env["AG_PARENT_PID"] = str(os.getpid())  # services also watch us (non-Linux)
-            return spawn([sys.executable, "-m", SERVICES[name]], env=env, keep_fds=self.keep_fds)
+            # A fixed id per slot: a restarted worker takes its own partition leases back at once.
+            env["AG_WORKER_ID"] = name
+            module = SERVICES[service_of(name)]
+            return spawn([sys.executable, "-m", module], env=env, keep_fds=self.keep_fds)
 
         return start
 
@@ -165,9 +187,7 @@ class Supervisor:
 
     def stop(self, timeout: float = 15.0) -> None:
         self.stopping = True
-        order = [n for n in STOP_ORDER if n in self.children] + [
-            n for n in self.children if n not in STOP_ORDER
-        ]
+        order = sorted(self.children, key=lambda n: STOP_ORDER.index(service_of(n)))
         for name in order:
             proc = self.children[name].proc
             if proc is None or proc.poll() is not None:

@@ -78,6 +78,11 @@ class Settings:
     # NATS server (embedded) durability: "always" fsyncs before every ack
     nats_sync_interval: str = "always"
     stream_replicas: int = 1  # 3 on a NATS cluster
+    # Scale-out: commands are partitioned (fixed when the streams are provisioned; every process
+    # must agree) and workers hold partitions by leases this long, renewed well before they lapse
+    partitions: int = 16
+    lease_s: float = 3.0
+    worker_id: str = ""  # default: host and pid
     # Presence: gateways announce their sockets this often; silent gateways expire after 3x
     heartbeat_s: float = 5.0
     # Logging
@@ -122,6 +127,8 @@ _POSITIVE = {
     "query_max_rows",
     "heartbeat_s",
     "stream_replicas",
+    "partitions",
+    "lease_s",
 }
 _CHOICES = {
     "log_format": {"json", "console"},

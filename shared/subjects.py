@@ -14,12 +14,14 @@ import re
 __all__ = [
     "EVENTS_STREAM",
     "COMMANDS_STREAM",
+    "COLLAB_COMMANDS_STREAM",
     "token",
     "untoken",
 ]
 
 EVENTS_STREAM = "AG_EVENTS"
-COMMANDS_STREAM = "AG_CMDS"
+COMMANDS_STREAM = "AG_CMDS"  # chat commands (the name it had when it held every command)
+COLLAB_COMMANDS_STREAM = "AG_CMDS_COLLAB"
 EVENTS_ALL = "ag.evt.>"
 COMMANDS_ALL = "ag.cmd.>"
 
@@ -90,12 +92,22 @@ def learning(context_id: str, kind: str) -> str:
 LEARNING_ALL = "ag.evt.learning.>"
 
 
-# --- commands (JetStream, AG_CMDS, work queue) ------------------------------------------------
+# --- commands (JetStream work queues, AG_CMDS and AG_CMDS_COLLAB) -----------------------------
+# Gateways submit to the aggregate's subject; the stream's transform stores it under its
+# partition (``shared/partitions.py``), where the partition's owner consumes it.
 def chat_commands(context_id: str) -> str:
     return f"ag.cmd.chat.{token(context_id)}"
 
 
 CHAT_COMMANDS_ALL = "ag.cmd.chat.>"
+CHAT_COMMANDS_TRANSFORM = (
+    "ag.cmd.chat.*",
+    "ag.cmd.chat.{{{{partition({n},1)}}}}.{{{{wildcard(1)}}}}",
+)
+
+
+def chat_commands_partition(p: int) -> str:
+    return f"ag.cmd.chat.{p}.*"
 
 
 def collab_commands(context_id: str, session_id: str) -> str:
@@ -103,6 +115,25 @@ def collab_commands(context_id: str, session_id: str) -> str:
 
 
 COLLAB_COMMANDS_ALL = "ag.cmd.collab.>"
+COLLAB_COMMANDS_TRANSFORM = (
+    "ag.cmd.collab.*.*",
+    "ag.cmd.collab.{{{{partition({n},1,2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}",
+)
+
+
+def collab_commands_partition(p: int) -> str:
+    return f"ag.cmd.collab.{p}.*.*"
+
+
+def command_stream(subject_filter: str) -> str:
+    """The work-queue stream that holds the commands a filter selects."""
+    return (
+        COLLAB_COMMANDS_STREAM if subject_filter.startswith("ag.cmd.collab.") else COMMANDS_STREAM
+    )
+
+
+# --- partition leases (a JetStream KV bucket, ``shared/ownership.py``) -------------------------
+LEASES_BUCKET = "AG_LEASES"
 
 
 # --- live fan-out (core NATS, not stored) -----------------------------------------------------

@@ -35,7 +35,7 @@ import msgspec
 from prometheus_client import Counter, Histogram
 
 from shared import tasks
-from shared.bus.port import Bus, Command, Conflict, Unavailable
+from shared.bus.port import Bus, Command, CommandQueue, Conflict, Unavailable
 from shared.logs import get_logger
 from shared.schemas.commands import CommandResult
 from shared.schemas.wire import encode
@@ -90,8 +90,11 @@ class Aggregate(Protocol[K, S, C]):
     if it must, ``forget`` makes the worker reload it after a failed append)."""
 
     name: str
-    subjects: str  # the commands it consumes (a work-queue filter)
+    subjects: str  # the commands it consumes (a work-queue filter) when it owns them all
     durable: str
+
+    def partition_subjects(self, partition: int) -> str: ...  # one partition's commands
+    def partition(self, key: K) -> int: ...
 
     def decode(self, data: bytes) -> C: ...
     def key(self, cmd: C) -> K: ...
@@ -127,23 +130,60 @@ class CommandWorker(Generic[K, S, C]):
         self.agg = aggregate
         self.batch = batch
         self.clock = clock  # epoch ms: deadlines and event times
-        self.queue = bus.commands(aggregate.subjects, aggregate.durable)
+        # One queue and fetch loop per owned partition (None: every command, one queue).
+        self._queues: dict[int | None, CommandQueue] = {}
+        self._loops: dict[int | None, asyncio.Task[None]] = {}
         self._slots: dict[K, _Slot[S, C]] = {}
-        self._loop: asyncio.Task[None] | None = None
         self._spawned: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        self._loop = asyncio.create_task(self._fetch_loop(), name=f"{self.agg.name}-commands")
+        """Consume every command (a single worker without partition leases)."""
+        self._consume(None, self.bus.commands(self.agg.subjects, self.agg.durable))
+
+    def own(self, partition: int) -> None:
+        """Consume one partition's commands (its lease was just won)."""
+        durable = f"{self.agg.durable}-p{partition}"
+        self._consume(partition, self.bus.commands(self.agg.partition_subjects(partition), durable))
+
+    def _consume(self, partition: int | None, queue: CommandQueue) -> None:
+        self._queues[partition] = queue
+        name = f"{self.agg.name}-commands-{partition}"
+        self._loops[partition] = asyncio.create_task(self._fetch_loop(queue), name=name)
+
+    async def disown(self, partition: int, wait_s: float) -> None:
+        """Stop consuming a partition, let its batches under way finish (up to ``wait_s``), and
+        forget its aggregates: whoever owns it next may change them, so a later ``own`` reloads.
+        Commands fetched but not run are not acked: the next owner gets them again."""
+        await tasks.stop([self._loops.pop(partition, None)])
+        queue = self._queues.pop(partition, None)
+        if queue is not None:
+            await queue.close()
+        keys = [k for k in self._slots if self.agg.partition(k) == partition]
+        busy = [t for k in keys if (t := self._slots[k].task) is not None]
+        if busy:
+            _, late = await asyncio.wait(busy, timeout=wait_s)
+            for t in late:
+                t.cancel()
+        for k in keys:
+            slot = self._slots.pop(k, None)
+            if slot is not None:
+                slot.queue.clear()
+
+    def owned(self) -> list[int]:
+        return sorted(p for p in self._queues if p is not None)
 
     async def stop(self) -> None:
         """No new commands first, then the batches under way."""
-        await tasks.stop([self._loop])
-        await self.queue.close()
+        await tasks.stop(list(self._loops.values()))
+        self._loops.clear()
+        for queue in self._queues.values():
+            await queue.close()
+        self._queues.clear()
         await tasks.stop(list(self._spawned))
 
     async def pending(self) -> int:
-        return await self.queue.pending()
+        return sum([await q.pending() for q in list(self._queues.values())])
 
     def states(self) -> dict[K, S]:
         """The aggregates in memory (for reads that a service answers from its state)."""
@@ -202,10 +242,10 @@ class CommandWorker(Generic[K, S, C]):
         return task
 
     # --- the loop -------------------------------------------------------------------------
-    async def _fetch_loop(self) -> None:
+    async def _fetch_loop(self, queue: CommandQueue) -> None:
         while True:
             try:
-                commands = await self.queue.fetch(self.batch, timeout=1.0)
+                commands = await queue.fetch(self.batch, timeout=1.0)
             except Exception:
                 log.exception("fetching commands failed; trying again")
                 await asyncio.sleep(LOOP_BACKOFF_S)

@@ -136,7 +136,9 @@ class Stack:
         self.gateways: list[tuple[Proc, int]] = []
 
     def start_service(self, name: str, module: str | None = None) -> Proc:
-        proc = Proc(name, module or f"services.{name}", self.env, self.tmp / f"{name}.log")
+        # A stable worker id, as `up` and compose give: a restart takes its leases back at once.
+        env = {**self.env, "AG_WORKER_ID": name}
+        proc = Proc(name, module or f"services.{name}", env, self.tmp / f"{name}.log")
         proc.start()
         self.services[name] = proc
         return proc

@@ -70,9 +70,15 @@ class BenchStack:
         env: dict[str, str] | None = None,
         sync_interval: str = "always",
         cpus: set[int] | None = None,
+        workers: int = 1,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ag-bench-"))
-        self.services = services
+        # chat and collaboration run as `workers` processes each, with ids chat-1, chat-2, …
+        self.services = [
+            f"{name}-{i}" if workers > 1 and name in ("chat", "collaboration") else name
+            for name in services
+            for i in range(1, (workers if name in ("chat", "collaboration") else 1) + 1)
+        ]
         self.sync_interval = sync_interval
         self.cpus = cpus  # the whole server side pinned here (NATS and every service)
         self.secret = secrets.token_urlsafe(48)
@@ -101,10 +107,11 @@ class BenchStack:
         asyncio.run(self._provision())
         for name in self.services:
             log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115
+            module = "services." + name.split("-")[0]
             self.procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", f"services.{name}"],
-                    env=self.env,
+                    [sys.executable, "-m", module],
+                    env={**self.env, "AG_WORKER_ID": name},
                     stdout=log,
                     stderr=log,
                     preexec_fn=self._pin_child if self.cpus else None,
@@ -150,7 +157,8 @@ class BenchStack:
                     return False
         except Exception:
             return False
-        return asyncio.run(self._chat_ready()) if "chat" in self.services else True
+        chat = any(n.split("-")[0] == "chat" for n in self.services)
+        return asyncio.run(self._chat_ready()) if chat else True
 
     async def _chat_ready(self) -> bool:
         import nats

@@ -35,6 +35,8 @@ from shared.bus.port import Bus, Message, Unavailable
 from shared.config import Settings
 from shared.eventlog import decode_logged
 from shared.logs import get_logger
+from shared.ownership import run_partitions
+from shared.partitions import chat_partition
 from shared.presence_book import PresenceBook
 from shared.ratelimit import KeyedLimiter
 from shared.schemas.commands import (
@@ -88,6 +90,17 @@ class ChatRooms:
 
     def reply_to(self, cmd: PostMessage) -> str:
         return subjects.gateway_replies(cmd.origin.gatewayId)
+
+    def partition_subjects(self, partition: int) -> str:
+        return subjects.chat_commands_partition(partition)
+
+    def partition(self, context_id: str) -> int:
+        return chat_partition(context_id, self.settings.partitions)
+
+    def forget_partition(self, partition: int) -> None:
+        """Rooms of a partition that changed hands: another worker may have written to them."""
+        for context_id in [c for c in self.rooms if self.partition(c) == partition]:
+            del self.rooms[context_id]
 
     async def load(self, context_id: str) -> Room:
         """The room from the tail of its subject: its newest messages and the dedup window."""
@@ -186,6 +199,7 @@ class ChatService:
         self.rooms = ChatRooms(settings, bus)
         self.worker = CommandWorker(bus, self.rooms)
         self.rooms.evict = self.worker.evict
+        self.ownership = run_partitions(settings, bus, self.worker, "chat", self._partition_moved)
         self.presence = Presence()
         self.book = PresenceBook(settings.heartbeat_s, [(self.presence, self._announce)])
         self.presence_log = AppendPipe(bus, "presence")
@@ -198,12 +212,14 @@ class ChatService:
         await self.rooms.rebuild_presence(self.presence)
         self._started = time.monotonic()
         bus = self.bus
+        # Every worker follows every presence change and heartbeat (a partition's next owner
+        # knows who is there); the room's owner alone logs, broadcasts and answers.
         self._subs = [
             await bus.subscribe(subjects.RPC_CHAT_HISTORY, self._on_history, queue="chat"),
-            await bus.subscribe(subjects.RPC_CHAT_PRESENCE, self._on_presence, queue="chat"),
+            await bus.subscribe(subjects.RPC_CHAT_PRESENCE, self._on_presence),
             await bus.subscribe(subjects.GATEWAY_HEARTBEAT, self._on_heartbeat),
         ]
-        self.worker.start()
+        await self.ownership.start()
         self._ticker = asyncio.create_task(self._tick_loop(), name="chat-ticker")
         # A predecessor may have died between an append and its broadcast: gateways check their
         # rooms against the log now, instead of at the room's next message.
@@ -212,10 +228,21 @@ class ChatService:
 
     async def stop(self) -> None:
         await tasks.stop([self._ticker])
+        await self.ownership.stop()
         await self.worker.stop()
         for sub in self._subs:
             await sub.unsubscribe()  # type: ignore[attr-defined]
         await self.presence_log.stop()
+
+    def owns(self, context_id: str) -> bool:
+        return self.ownership.owns(self.rooms.partition(context_id))
+
+    async def _partition_moved(self, partition: int, gained: bool) -> None:
+        self.rooms.forget_partition(partition)
+        if gained:
+            # The last owner may have died between an append and its broadcast: gateways
+            # check their rooms against the log now, instead of at the room's next message.
+            await self.bus.publish(subjects.CHAT_READY, b"")
 
     # --- history --------------------------------------------------------------------------
     async def _on_history(self, msg: Message) -> None:
@@ -232,7 +259,8 @@ class ChatService:
 
     async def _history(self, req: HistoryRequest) -> bytes:
         """From the room in memory when it has the messages, else from the room's subject."""
-        room = self.rooms.rooms.get(req.contextId)
+        # Only a room this worker writes is sure to be current in memory.
+        room = self.rooms.rooms.get(req.contextId) if self.owns(req.contextId) else None
         log = RoomLog(self.bus, req.contextId)
         if room is not None:
             last = room.seq
@@ -240,7 +268,7 @@ class ChatService:
             entry, hit = await log.last_hit()
             last = hit.event.seq if hit is not None else 0
             if entry is not None and hit is None:
-                room = await self.worker_load(req.contextId)  # not a message last: read it all
+                room = await self._load(req.contextId)  # not a message last: read it all
                 last = room.seq
         limit = self.bus.max_payload - 4096  # what one reply may carry, headers aside
         if req.afterSeq is not None:
@@ -269,9 +297,13 @@ class ChatService:
             body = encode(HistoryReply(wire, hasMore=True, lastSeq=last))
         return body
 
-    async def worker_load(self, context_id: str) -> Room:
-        async with self.worker.holding(context_id) as room:
-            return room
+    async def _load(self, context_id: str) -> Room:
+        if self.owns(context_id):
+            async with self.worker.holding(context_id) as room:
+                return room
+        room = await self.rooms.load(context_id)  # a read only: not kept
+        self.rooms.rooms.pop(context_id, None)
+        return room
 
     # --- presence -------------------------------------------------------------------------
     async def _on_presence(self, msg: Message) -> None:
@@ -289,7 +321,7 @@ class ChatService:
             await self.book.change(
                 lambda: self.presence.close(gw, conn.connectionId), self._announce
             )
-        if msg.reply:
+        if msg.reply and self.owns(conn.contextId):
             users = [UserData(**u) for u in self.presence.users(conn.contextId)]
             await msg.respond(encode(PresenceReply(users)))
 
@@ -308,7 +340,9 @@ class ChatService:
 
     async def _announce(self, ch: Change) -> None:
         """Log a join/leave (without waiting for it: ``AppendPipe``), tell the room's other
-        sockets."""
+        sockets: the room's owner does, the other workers only keep count."""
+        if not self.owns(ch.context_id):
+            return
         ts = now_ms()
         cls = UserJoined if ch.kind == "joined" else UserLeft
         ev = cls(contextId=ch.context_id, ts=ts, userId=ch.user_id, userName=ch.user_name)

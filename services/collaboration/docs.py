@@ -25,6 +25,7 @@ from shared.bus.port import Bus, Unavailable
 from shared.config import Settings
 from shared.errors import protocol
 from shared.logs import get_logger
+from shared.partitions import collab_partition
 from shared.schemas.commands import CommandResult, EditCommand, command_key
 from shared.schemas.events import EditApplied, encode_event
 from shared.schemas.wire import encode_frame
@@ -126,6 +127,12 @@ class CollabDocs:
 
     def reply_to(self, cmd: EditCommand) -> str:
         return subjects.gateway_replies(cmd.origin.gatewayId)
+
+    def partition_subjects(self, partition: int) -> str:
+        return subjects.collab_commands_partition(partition)
+
+    def partition(self, key: DocKey) -> int:
+        return collab_partition(key[0], key[1], self.settings.partitions)
 
     async def load(self, key: DocKey) -> DocState:
         return await self.store.load(*key)

@@ -14,6 +14,8 @@ whatever they did.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
 from shared import subjects
@@ -42,8 +44,15 @@ _heartbeat_decoder = msgspec.json.Decoder(CollabHeartbeat)
 
 
 class PresenceKeeper:
-    def __init__(self, bus: Bus, store: DocStore, heartbeat_s: float) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        store: DocStore,
+        heartbeat_s: float,
+        owns: Callable[[str, str | None], bool] = lambda _c, _s: True,
+    ) -> None:
         self.bus = bus
+        self.owns = owns  # only the owner of a document (a context) logs and broadcasts
         self.store = store
         self.participants = Participants()
         self.online = ConnectionPresence()
@@ -114,12 +123,16 @@ class PresenceKeeper:
         await self.book.tick(now, uptime)
 
     async def _announce_online(self, ch: ConnectionChange) -> None:
+        if not self.owns(ch.context_id, None):
+            return
         cls = CollabUserConnected if ch.kind == "joined" else CollabUserDisconnected
         ev = cls(contextId=ch.context_id, ts=now_ms(), userId=ch.user_id, userName=ch.user_name)
         self.store.log_online(ev)
 
     async def _announce(self, ch: Change) -> None:
         """Log a join/leave (without waiting for it), tell the session's other users."""
+        if not self.owns(ch.context_id, ch.session_id):
+            return
         ts = now_ms()
         ev: ParticipantJoined | ParticipantLeft
         data: ParticipantJoinedData | ParticipantLeftData

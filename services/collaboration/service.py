@@ -42,6 +42,8 @@ from shared import subjects, tasks
 from shared.bus.port import Bus, Message, Subscription, Unavailable
 from shared.config import Settings
 from shared.logs import get_logger
+from shared.ownership import run_partitions
+from shared.partitions import collab_partition, partition_of
 from shared.schemas.commands import (
     CollabClose,
     CollabJoin,
@@ -75,7 +77,8 @@ class CollabService:
         self.store = DocStore(settings, bus)
         self.docs = CollabDocs(settings, bus, self.store)
         self.worker: CommandWorker[DocKey, DocState, Any] = CommandWorker(bus, self.docs)
-        self.presence = PresenceKeeper(bus, self.store, settings.heartbeat_s)
+        self.ownership = run_partitions(settings, bus, self.worker, "collab")
+        self.presence = PresenceKeeper(bus, self.store, settings.heartbeat_s, self.owns)
         self._subs: list[Subscription] = []
         self._ticker: asyncio.Task[None] | None = None
         self._spawned: set[asyncio.Task[None]] = set()  # RPC handlers
@@ -85,12 +88,14 @@ class CollabService:
     async def start(self) -> None:
         await self.presence.rebuild()
         self._started = time.monotonic()
-        self.worker.start()
+        await self.ownership.start()
         self._ticker = asyncio.create_task(self._tick_loop(), name="collab-ticker")
-        # Answering requests last: a service that answers one is ready for everything.
+        # Answering requests last: a service that answers one is ready for everything. Every
+        # worker follows every request (the next owner of a session knows who is in it); the
+        # owner of the document (of the context, for sockets) alone answers and announces.
         self._subs = [
             await self.bus.subscribe(subjects.COLLAB_HEARTBEAT, self._on_heartbeat),
-            await self.bus.subscribe(subjects.RPC_COLLAB, self._on_rpc, queue="collab"),
+            await self.bus.subscribe(subjects.RPC_COLLAB, self._on_rpc),
         ]
         log.info("collaboration ready")
 
@@ -98,6 +103,7 @@ class CollabService:
         for sub in self._subs:
             await sub.unsubscribe()
         await tasks.stop([self._ticker])
+        await self.ownership.stop()
         await self.worker.stop()
         await tasks.stop(list(self._spawned))
         await self.store.presence_log.stop()
@@ -117,6 +123,9 @@ class CollabService:
             req = _rpc_decoder.decode(msg.data)
         except msgspec.DecodeError:
             log.error("undecodable collaboration request dropped")
+            return
+        if not self.owns(*_aggregate(req)):
+            await self._follow(req)
             return
         try:
             reply = await self._answer(req)
@@ -149,6 +158,28 @@ class CollabService:
                 await self.presence.disconnect(gw, conn)
                 return CollabReply()
 
+    async def _follow(self, req: CollabRequest) -> None:
+        """Someone else's request: keep presence in step, answer nothing."""
+        match req:
+            case CollabJoin(gatewayId=gw, member=m, seq=seq):
+                await self.presence.join(gw, m, time.monotonic(), seq)
+            case CollabLeave(gatewayId=gw, member=m):
+                await self.presence.leave(gw, m)
+            case CollabOpen(gatewayId=gw, conn=conn, seq=seq):
+                await self.presence.connect(gw, conn, time.monotonic(), seq)
+            case CollabClose(gatewayId=gw, conn=conn):
+                await self.presence.disconnect(gw, conn)
+
+    def owns(self, context_id: str, session_id: str | None) -> bool:
+        """Whether this worker owns the document (``session_id`` None: the context's sockets,
+        by the partition of the context alone)."""
+        n = self.settings.partitions
+        if session_id is None:
+            p = partition_of(n, subjects.token(context_id))
+        else:
+            p = collab_partition(context_id, session_id, n)
+        return self.ownership.owns(p)
+
     async def _on_heartbeat(self, msg: Message) -> None:
         await self.presence.on_heartbeat(msg, time.monotonic())
 
@@ -180,3 +211,15 @@ class CollabService:
             self.worker.tidy()
             for state in self.worker.states().values():
                 state.forget_before(horizon)
+
+
+def _aggregate(req: CollabRequest) -> tuple[str, str | None]:
+    """The document (or the context) a request is about: its owner answers it."""
+    match req:
+        case CollabJoin(member=m) | CollabLeave(member=m):
+            return m.contextId, m.sessionId
+        case CollabSnapshotRequest(contextId=ctx, sessionId=session):
+            return ctx, session
+        case CollabOpen(conn=conn) | CollabClose(conn=conn):
+            return conn.contextId, None
+    raise AssertionError(req)

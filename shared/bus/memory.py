@@ -26,6 +26,7 @@ from shared.bus.port import (
     NoResponders,
     Unavailable,
 )
+from shared.partitions import partitioned_command
 
 __all__ = ["MemoryBus", "subject_matches"]
 
@@ -191,12 +192,55 @@ class _Tail:
         return None
 
 
+class _Leases:
+    """The lease bucket: key -> (holder, revision, lapses at), on the bus's clock."""
+
+    def __init__(self, bus: MemoryBus) -> None:
+        self.bus = bus
+        self.held: dict[str, tuple[str, int, float]] = {}
+        self.revisions = itertools.count(1)
+
+    def _live(self, key: str) -> tuple[str, int, float] | None:
+        got = self.held.get(key)
+        if got is not None and got[2] <= self.bus.clock():
+            del self.held[key]
+            return None
+        return got
+
+    def _put(self, key: str, holder: str) -> int:
+        rev = next(self.revisions)
+        self.held[key] = (holder, rev, self.bus.clock() + self.bus.lease_s)
+        return rev
+
+    async def claim(self, key: str, holder: str) -> int | None:
+        got = self._live(key)
+        if got is not None and got[0] != holder:
+            return None
+        return self._put(key, holder)
+
+    async def renew(self, key: str, holder: str, revision: int) -> int | None:
+        got = self._live(key)
+        if got is None or got[1] != revision:
+            return None
+        return self._put(key, holder)
+
+    async def release(self, key: str, revision: int) -> None:
+        got = self._live(key)
+        if got is not None and got[1] == revision:
+            del self.held[key]
+
+    async def holders(self, prefix: str) -> dict[str, str]:
+        return {k: v[0] for k in list(self.held) if k.startswith(prefix) and (v := self._live(k))}
+
+
 @dataclass
 class MemoryBus:
     dedup_window_s: float = 120.0
     ack_wait: float = 30.0
     max_payload: int = 1 << 20
     clock: Callable[[], float] = time.monotonic
+    partitions: int = 16  # the command streams' transform (``shared/partitions.py``)
+    lease_s: float = 3.0
     _log: list[Entry] = field(default_factory=list)
     _last: dict[str, int] = field(default_factory=dict)  # subject -> last sequence
     _ids: dict[str, tuple[int, float]] = field(default_factory=dict)  # msg id -> (seq, when)
@@ -208,6 +252,7 @@ class MemoryBus:
     _change: asyncio.Event | None = None
     _published: int = 0
     _reconnect: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _leases: _Leases | None = None
 
     @property
     def connected(self) -> bool:
@@ -305,11 +350,18 @@ class MemoryBus:
     async def submit(self, subject: str, data: bytes, *, timeout: float = 5.0) -> None:
         if len(data) > self.max_payload:
             raise Unavailable("command too large")
+        subject = partitioned_command(subject, self.partitions)
         self._work.append(_Queued(next(self._work_ids), subject, data))
         self._changed()
 
     def commands(self, subjects: str, durable: str) -> _CommandQueue:
         return _CommandQueue(self, subjects, self.ack_wait)
+
+    # --- leases -----------------------------------------------------------------------------
+    def leases(self) -> _Leases:
+        if self._leases is None:
+            self._leases = _Leases(self)
+        return self._leases
 
     def _remove(self, item: _Queued) -> None:
         if item in self._work:

@@ -34,6 +34,7 @@ from nats.js import JetStreamContext
 
 from shared import subjects
 from shared.bus.nats_commands import CommandQueue
+from shared.bus.nats_leases import NatsLeases
 from shared.bus.nats_streams import describe_streams, ensure_streams, stream_configs
 from shared.bus.nats_tail import Tail
 from shared.bus.port import (
@@ -180,6 +181,7 @@ class NatsBus(Bus):
         self._nc = nc
         self._js: JetStreamContext | None = None
         self._reconnect: list[Callable[[], Awaitable[None]]] = []
+        self._leases: NatsLeases | None = None
 
     @property
     def nc(self) -> NATS:
@@ -217,11 +219,18 @@ class NatsBus(Bus):
                 log.exception("reconnect callback failed")
 
     async def ensure_streams(self) -> None:
-        await ensure_streams(self.js, self.settings.stream_replicas, self.settings.dedup_window_s)
+        st = self.settings
+        await ensure_streams(
+            self.js, st.stream_replicas, st.dedup_window_s, st.partitions, st.lease_s
+        )
 
     async def streams_exist(self) -> bool:
         try:
-            for name in (subjects.EVENTS_STREAM, subjects.COMMANDS_STREAM):
+            for name in (
+                subjects.EVENTS_STREAM,
+                subjects.COMMANDS_STREAM,
+                subjects.COLLAB_COMMANDS_STREAM,
+            ):
                 await self.js.stream_info(name)
         except Exception:
             return False
@@ -373,6 +382,12 @@ class NatsBus(Bus):
 
     def commands(self, subjects_: str, durable: str) -> CommandQueue:
         return CommandQueue(self, subjects_, durable)
+
+    # --- leases -----------------------------------------------------------------------------
+    def leases(self) -> NatsLeases:
+        if self._leases is None:
+            self._leases = NatsLeases(self)
+        return self._leases
 
     # --- live messages ----------------------------------------------------------------------
     async def publish(

@@ -62,7 +62,7 @@ class CommandQueue:
             self._sub = await self.bus.js.pull_subscribe(
                 self.subjects,
                 durable=self.durable,
-                stream=subjects.COMMANDS_STREAM,
+                stream=subjects.command_stream(self.subjects),
                 config=self.config,
             )
         return self._sub

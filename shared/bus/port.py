@@ -12,6 +12,8 @@ The parts:
   from a sequence on, ``last`` entries of subjects, ``tail`` the whole log from a position;
 - **commands** (a work-queue stream): ``submit`` one durably, ``commands`` to consume them with
   explicit ack / nak-with-delay / term and redelivery of what was not acked;
+- **leases** (a JetStream KV bucket with a TTL): exclusive, expiring claims on keys, renewed with
+  a revision check: how workers own partitions (``shared/ownership.py``);
 - **live messages** (core pub/sub, not stored): ``publish``, ``subscribe`` (optionally in a
   queue group), ``request`` / ``Message.respond``.
 
@@ -35,6 +37,7 @@ __all__ = [
     "Conflict",
     "Entry",
     "Handler",
+    "Leases",
     "LogTail",
     "Message",
     "NoResponders",
@@ -126,6 +129,27 @@ class LogTail(Protocol):
     async def close(self) -> None: ...
 
 
+class Leases(Protocol):
+    """Exclusive claims that lapse unless renewed (``AG_LEASE_S``). A holder is a worker id."""
+
+    async def claim(self, key: str, holder: str) -> int | None:
+        """The lease's revision if ``key`` was free or is already ``holder``'s (a restarted
+        worker with the same id), else None."""
+        ...
+
+    async def renew(self, key: str, holder: str, revision: int) -> int | None:
+        """The new revision; None if the lease lapsed or someone else holds it now."""
+        ...
+
+    async def release(self, key: str, revision: int) -> None:
+        """Give the lease up (only if it is still at ``revision``)."""
+        ...
+
+    async def holders(self, prefix: str) -> dict[str, str]:
+        """Every live lease under ``prefix``: key -> holder."""
+        ...
+
+
 class Bus(Protocol):
     @property
     def connected(self) -> bool: ...
@@ -184,6 +208,9 @@ class Bus(Protocol):
         ...
 
     def commands(self, subjects: str, durable: str) -> CommandQueue: ...
+
+    # --- leases ----------------------------------------------------------------------------
+    def leases(self) -> Leases: ...
 
     # --- live messages ----------------------------------------------------------------------
     async def publish(

@@ -70,3 +70,22 @@ def test_the_scale_out_file_clusters_nats_and_replicates_streams_three_ways() ->
     gateways = [n for n in {**COMPOSE["services"], **services} if n.startswith("gateway")]
     for name in gateways:
         assert f" {name}:8000" in lb, f"{name} is not behind the load balancer"
+
+
+def test_the_scale_out_file_runs_three_chat_and_two_collaboration_workers_with_own_ids() -> None:
+    base, scale = COMPOSE["services"], SCALE["services"]
+    merged = {}
+    for name in {*base, *scale}:
+        b, o = base.get(name, {}), scale.get(name, {})
+        env = {**(b.get("environment") or {}), **(o.get("environment") or {})}
+        merged[name] = {**b, **o, "environment": env}
+
+    def workers(module: str) -> list[str]:
+        return sorted(n for n, s in merged.items() if s.get("command") == ["python", "-m", module])
+
+    chat, collab = workers("services.chat"), workers("services.collaboration")
+    assert len(chat) == 3 and len(collab) == 2
+    ids = [merged[n]["environment"]["AG_WORKER_ID"] for n in chat + collab]
+    assert len(set(ids)) == len(ids), ids
+    for name in chat + collab:
+        assert merged[name]["environment"]["AG_NATS_URL"].count("nats://") == 3, name

@@ -110,7 +110,8 @@ async def test_streams_are_replicated_three_ways(scaled: ComposeProject) -> None
     nc = await nats.connect(f"nats://127.0.0.1:{scaled.env['AG_NATS_PORT']}")
     try:
         js = nc.jetstream()
-        for name in (subjects.EVENTS_STREAM, subjects.COMMANDS_STREAM):
+        names = [subjects.EVENTS_STREAM, subjects.COMMANDS_STREAM, subjects.COLLAB_COMMANDS_STREAM]
+        for name in [*names, "KV_" + subjects.LEASES_BUCKET]:
             info = await js.stream_info(name)
             assert info.config.num_replicas == 3
             assert info.cluster is not None and info.cluster.name == "atomic-guide"

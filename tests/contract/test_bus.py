@@ -15,13 +15,17 @@ from typing import Any
 import pytest
 
 from ops.natsd import start_nats
+from shared import subjects
 from shared.bus.memory import MemoryBus, subject_matches
 from shared.bus.nats import connect, ensure_streams
 from shared.bus.port import Bus, Conflict, Message, NoResponders, Unavailable
 from shared.config import load_settings
+from shared.partitions import partitioned_command
 from tests.conftest import T
 
 WINDOW = 1.0  # the duplicate window both buses get here (seconds)
+LEASE = 1.0  # the lease time both buses get here (seconds)
+PARTITIONS = 16
 
 
 class Clock:
@@ -45,7 +49,7 @@ class Clock:
 async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Bus, Clock]]:
     if request.param == "memory":
         clock = Clock(real=False)
-        mem = MemoryBus(dedup_window_s=WINDOW, ack_wait=2.0, clock=clock)
+        mem = MemoryBus(dedup_window_s=WINDOW, ack_wait=2.0, clock=clock, lease_s=LEASE)
         yield mem, clock
         await mem.close()
         return
@@ -53,7 +57,7 @@ async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[t
     try:
         settings = load_settings({"AG_NATS_URL": server.url, "AG_DEDUP_WINDOW_S": str(WINDOW)})
         bus = await connect(settings, "contract")
-        await ensure_streams(bus.js, 1, WINDOW)
+        await ensure_streams(bus.js, 1, WINDOW, PARTITIONS, LEASE)
         yield bus, Clock(real=True)
         await bus.close()
     finally:
@@ -168,6 +172,60 @@ async def test_commands_are_delivered_once_and_removed_when_acked(kit: Any) -> N
         assert await queue.fetch(10, 0.3) == []
     finally:
         await queue.close()
+
+
+@pytest.mark.parametrize(
+    ("submitted", "filtered"),
+    [
+        (lambda: subjects.chat_commands("course-1"), subjects.chat_commands_partition),
+        (lambda: subjects.chat_commands("Kurs 7/ä"), subjects.chat_commands_partition),
+        (lambda: subjects.collab_commands("course-1", "doc-9"), subjects.collab_commands_partition),
+        (lambda: subjects.collab_commands("c.1", "s 2"), subjects.collab_commands_partition),
+    ],
+)
+async def test_a_command_lands_in_its_aggregates_partition_and_only_there(
+    kit: Any, submitted: Callable[[], str], filtered: Callable[[int], str]
+) -> None:
+    """The stream's transform (NATS's partition hash) and ``shared/partitions.py`` agree."""
+    bus, _ = kit
+    subject = submitted()
+    home = int(partitioned_command(subject, PARTITIONS).split(".")[3])
+    other = (home + 1) % PARTITIONS
+    mine = bus.commands(filtered(home), f"p{home}")
+    theirs = bus.commands(filtered(other), f"p{other}")
+    try:
+        await bus.submit(subject, b"x")
+        assert await theirs.fetch(10, 0.3) == []
+        got = await mine.fetch(10, T(2))
+        assert [c.data for c in got] == [b"x"]
+        await got[0].ack()
+    finally:
+        await mine.close()
+        await theirs.close()
+
+
+async def test_a_lease_is_held_by_one_holder_until_released_or_lapsed(kit: Any) -> None:
+    bus, clock = kit
+    leases = bus.leases()
+    rev = await leases.claim("chat.p.3", "w1")
+    assert rev is not None
+    assert await leases.claim("chat.p.3", "w2") is None
+    again = await leases.claim("chat.p.3", "w1")  # a restarted w1 takes its own back
+    assert again is not None and again != rev
+    assert await leases.renew("chat.p.3", "w1", rev) is None  # a stale revision is refused
+    rev = await leases.renew("chat.p.3", "w1", again)
+    assert rev is not None
+    assert await leases.holders("chat.p.") == {"chat.p.3": "w1"}
+    await leases.release("chat.p.3", rev)
+    assert await leases.holders("chat.p.") == {}
+    assert await leases.claim("chat.p.3", "w2") is not None
+    # w2 stops renewing: the lease lapses and w1 can claim it
+    deadline = time.monotonic() + T(10)
+    while (got := await leases.claim("chat.p.3", "w1")) is None:
+        assert time.monotonic() < deadline, "the lease never lapsed"
+        await clock.advance(LEASE / 4)
+    assert await leases.holders("chat.p.") == {"chat.p.3": "w1"}
+    assert await leases.renew("chat.p.3", "w1", got) is not None
 
 
 async def test_a_nacked_command_comes_back_after_its_delay_and_a_termed_one_never(

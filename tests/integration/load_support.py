@@ -12,17 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import websockets
+from atomic_guide_client import CollaborationClient
 from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import T
+from tests.integration.sdk_support import opts, tokens
 
-__all__ = ["ChatLoad", "Receiver", "Sender"]
+__all__ = ["ChatLoad", "Editors", "Receiver", "Sender"]
 
 Url = Callable[[str, int | None], str]  # (user, lastSeq) -> WebSocket URL
 
@@ -225,3 +228,64 @@ class ChatLoad:
 
     def problems(self) -> list[str]:
         return [p for x in (*self.senders, *self.receivers) for p in x.problems]
+
+
+class Editors:
+    """Collaboration clients (the Python SDK) inserting unique words into one document at once;
+    ``urls`` are the gateways' collaboration endpoints, taken in turn."""
+
+    def __init__(
+        self,
+        urls: str | list[str],
+        room: str,
+        session: str,
+        editors: int = 3,
+        pause: float = 0.1,
+        prefix: str = "ed",
+    ) -> None:
+        urls = [urls] if isinstance(urls, str) else urls
+        self.session = session
+        self.pause = pause
+        self.clients = [
+            CollaborationClient(urls[i % len(urls)], room, tokens(f"{prefix}{i}", room), **opts())
+            for i in range(editors)
+        ]
+        self.typed: list[str] = []
+        self.stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        for c in self.clients:
+            await c.connect()
+            await c.join(self.session)
+        self._tasks = [
+            asyncio.create_task(self._type(c, random.Random(i))) for i, c in enumerate(self.clients)
+        ]
+
+    async def _type(self, client: CollaborationClient, rng: random.Random) -> None:
+        n = 0
+        while not self.stop.is_set():
+            word = f"<{client.info.user_id if client.info else '?'}.{n}>"
+            # Between two words, never inside one (ASCII: UTF-16 positions are str indices).
+            doc = client.document
+            ends = [0] + [i + 1 for i, ch in enumerate(doc) if ch == ">"]
+            client.insert(rng.choice(ends), word)
+            self.typed.append(word)
+            n += 1
+            await asyncio.sleep(self.pause)  # pacing, not synchronisation
+
+    async def finish(self) -> tuple[str, list[str]]:
+        """Stop typing; once every client is synced and at the server's version, the server's
+        content and each client's document."""
+        self.stop.set()
+        await asyncio.gather(*self._tasks)
+        await asyncio.wait_for(asyncio.gather(*(c.synced() for c in self.clients)), T(60))
+        snap = await self.clients[0].snapshot()
+        deadline = time.monotonic() + T(20)
+        while any(c.version != snap.version for c in self.clients):
+            assert time.monotonic() < deadline, [c.version for c in self.clients]
+            await asyncio.sleep(0.05)  # remote edits still arriving
+        docs = [c.document for c in self.clients]
+        for c in self.clients:
+            await c.close()
+        return snap.content, docs

@@ -17,7 +17,6 @@ Each run prints one row of the fault table (``-s`` shows it).
 from __future__ import annotations
 
 import asyncio
-import random
 import subprocess
 import sys
 import time
@@ -27,7 +26,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from atomic_guide_client import CollaborationClient
 
 from shared import subjects
 from shared.bus.nats import NatsBus, connect_once
@@ -36,8 +34,7 @@ from shared.eventlog import decode_logged
 from shared.schemas.events import ChatMessagePosted, EditApplied
 from tests.conftest import T
 from tests.helpers import ROOT, token
-from tests.integration.load_support import ChatLoad
-from tests.integration.sdk_support import opts, tokens
+from tests.integration.load_support import ChatLoad, Editors
 from tests.integration.up_support import UpStack
 
 pytestmark = pytest.mark.integration
@@ -52,53 +49,6 @@ FAULT_ENV = {
     "AG_RECOVERY_MAX": "100000",
     "AG_COMMAND_TIMEOUT_S": "2",
 }
-
-
-class Editors:
-    """Three collaboration clients inserting unique tokens into one document, concurrently."""
-
-    def __init__(self, stack: UpStack) -> None:
-        url = stack.url("/api/collaboration/ws")
-        self.clients = [
-            CollaborationClient(url, ROOM, tokens(f"ed{i}", ROOM), **opts()) for i in range(3)
-        ]
-        self.typed: list[str] = []
-        self.stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> None:
-        for c in self.clients:
-            await c.connect()
-            await c.join(SESSION)
-        self._tasks = [
-            asyncio.create_task(self._type(c, random.Random(i))) for i, c in enumerate(self.clients)
-        ]
-
-    async def _type(self, client: CollaborationClient, rng: random.Random) -> None:
-        n = 0
-        while not self.stop.is_set():
-            word = f"<{client.info.user_id if client.info else '?'}.{n}>"
-            # Between two words, never inside one (ASCII: UTF-16 positions are str indices).
-            doc = client.document
-            ends = [0] + [i + 1 for i, ch in enumerate(doc) if ch == ">"]
-            client.insert(rng.choice(ends), word)
-            self.typed.append(word)
-            n += 1
-            await asyncio.sleep(0.1)  # pacing, not synchronisation: ten edits a second each
-
-    async def finish(self) -> tuple[str, list[str]]:
-        self.stop.set()
-        await asyncio.gather(*self._tasks)
-        await asyncio.wait_for(asyncio.gather(*(c.synced() for c in self.clients)), T(60))
-        snap = await self.clients[0].snapshot()
-        deadline = time.monotonic() + T(20)
-        while any(c.version != snap.version for c in self.clients):
-            assert time.monotonic() < deadline, [c.version for c in self.clients]
-            await asyncio.sleep(0.05)  # remote edits still arriving
-        docs = [c.document for c in self.clients]
-        for c in self.clients:
-            await c.close()
-        return snap.content, docs
 
 
 async def logged(stack: UpStack, subject: str) -> list[Any]:
@@ -162,7 +112,11 @@ async def test_sigkill_under_load_loses_doubles_and_reorders_nothing(
 
         load = ChatLoad(url, senders=10, receivers=10, rate=25)
         await load.start()
-        editors = Editors(stack) if target == "collaboration" else None
+        editors = (
+            Editors(stack.url("/api/collaboration/ws"), ROOM, SESSION)
+            if target == "collaboration"
+            else None
+        )
         if editors is not None:
             await editors.start()
         await load.wait_acked(250, 60)  # about a second of load before the crash

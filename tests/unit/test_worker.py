@@ -54,6 +54,12 @@ class Counters:
     def reply_to(self, cmd: dict[str, Any]) -> str:
         return "ag.reply.toy"
 
+    def partition_subjects(self, partition: int) -> str:
+        return f"ag.cmd.toy.{partition}.*"
+
+    def partition(self, key: str) -> int:
+        return 0
+
     async def load(self, key: str) -> Counter:
         self.loads += 1
         counter = Counter(key)
@@ -183,18 +189,25 @@ async def test_the_fetch_loop_survives_a_failed_round(
     kit: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bus, worker, _, tap = kit
-    real = worker.queue.fetch
     calls = 0
+    made = bus.commands
 
-    async def flaky(batch: int, timeout: float) -> list[Any]:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise ConnectionError("NATS away")
-        return await real(batch, timeout)
+    def commands(subjects: str, durable: str) -> Any:
+        queue = made(subjects, durable)
+        real = queue.fetch
+
+        async def flaky(batch: int, timeout: float) -> list[Any]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise ConnectionError("NATS away")
+            return await real(batch, timeout)
+
+        queue.fetch = flaky  # type: ignore[method-assign]
+        return queue
 
     monkeypatch.setattr("shared.worker.LOOP_BACKOFF_S", 0.01)
-    monkeypatch.setattr(worker.queue, "fetch", flaky)
+    monkeypatch.setattr(bus, "commands", commands)
     await worker.stop()
     worker.start()
     await send(bus, "a", "a1")

@@ -13,8 +13,11 @@ The worker moves bytes between the bus and a service's sans-I/O domain (an ``Agg
    ``unavailable`` already, and applying it now would make that a lie;
 4. append the events as one atomic batch with the aggregate's expected last sequence, so a
    second writer or a stale state can never slip in (a ``Conflict`` reloads the state from the
-   log and decides again, once; then the commands are redelivered later). The append gives up
-   before the earliest deadline of the commands it answers, so ``unavailable`` stays true;
+   log and decides again, once; then the commands are redelivered later). A few events that
+   stand alone go as a chain of appends, each expecting the one before (same guarantee, but a
+   failure can leave a prefix stored: the reload finds it and answers those from the log). The
+   append gives up before the earliest deadline of the commands it answers, so ``unavailable``
+   stays true;
 5. ``commit`` the appended events into the state, ``publish`` what the aggregate broadcasts, send
    each result to the gateway that asked, ack.
 If anything fails after the append (a broadcast, a reply), the commands are not acked and come
@@ -52,6 +55,9 @@ K = TypeVar("K", bound=Hashable)
 MIN_APPEND_S = 0.05  # the least time an append gets, however close its deadline
 LOOP_BACKOFF_S = 0.5  # pause of the fetch loop after a failed round
 IDLE_S = 600.0  # an aggregate unused this long is dropped from memory (reloaded on demand)
+# Up to this many independent events go as a chain of single appends (one round trip each);
+# more go as one atomic batch (one commit, but NATS commits few batches a second per stream).
+CHAIN_MAX = 4
 
 COMMANDS = Counter(
     "ag_commands_total", "Commands handled, by service and outcome", ["service", "outcome"]
@@ -83,6 +89,9 @@ class Decision(Generic[C]):
     events: list[tuple[str, bytes]] = field(default_factory=list)
     results: list[CommandResult | None] = field(default_factory=list)
     extra: Any = None  # the aggregate's own notes for commit/publish (the event objects)
+    # False: every event stands alone (one per command), so a few may be appended as a chain
+    # (``Bus.append_chain``) instead of an atomic batch, which NATS commits far more slowly
+    atomic: bool = True
 
 
 class Aggregate(Protocol[K, S, C]):
@@ -102,7 +111,7 @@ class Aggregate(Protocol[K, S, C]):
     def reply_to(self, cmd: C) -> str: ...
     async def load(self, key: K) -> S: ...
     def decide(self, state: S, cmds: Sequence[C], now: int) -> Decision[C]: ...
-    def commit(self, state: S, decision: Decision[C], first_seq: int) -> None: ...
+    def commit(self, state: S, decision: Decision[C], seqs: Sequence[int]) -> None: ...
     async def publish(self, state: S, decision: Decision[C]) -> None: ...
 
 
@@ -288,19 +297,14 @@ class CommandWorker(Generic[K, S, C]):
             state = slot.state
             now = self.clock()  # after waiting for the aggregate and loading it
             decision = self.agg.decide(state, [p.cmd for p in live], now)
-            first = 0
+            seqs: list[int] = []
             if decision.events:
                 answered = [p for p, r in zip(live, decision.results, strict=True) if r]
                 deadline = min(self.agg.deadline(p.cmd) for p in answered or live)
                 budget = max((deadline - self.clock()) / 1000, MIN_APPEND_S)
                 started = time.perf_counter()
                 try:
-                    first = await self.bus.append_batch(
-                        decision.subject,
-                        decision.events,
-                        expect_last=decision.expect_last,
-                        timeout=budget,
-                    )
+                    seqs = await self._append(decision, budget)
                 except Conflict:
                     # Another writer, or these commands stored before a crash: the log is right.
                     COMMANDS.labels(self.agg.name, "conflict").inc(len(live))
@@ -315,7 +319,7 @@ class CommandWorker(Generic[K, S, C]):
                     await self._retry(live)
                     return
                 APPEND_SECONDS.labels(self.agg.name).observe(time.perf_counter() - started)
-            self.agg.commit(state, decision, first)
+            self.agg.commit(state, decision, seqs)
             await self.agg.publish(state, decision)
             for p, result in zip(live, decision.results, strict=True):
                 outcome = "expired" if result is None else result.error or "ok"
@@ -329,6 +333,18 @@ class CommandWorker(Generic[K, S, C]):
                         continue
                 await _settle(p.command.ack())
             return
+
+    async def _append(self, decision: Decision[C], budget: float) -> list[int]:
+        """The events' sequences in the log, one atomic batch or a short chain."""
+        events = decision.events
+        if not decision.atomic and len(events) <= CHAIN_MAX:
+            return await self.bus.append_chain(
+                decision.subject, events, expect_last=decision.expect_last, timeout=budget
+            )
+        first = await self.bus.append_batch(
+            decision.subject, events, expect_last=decision.expect_last, timeout=budget
+        )
+        return list(range(first, first + len(events)))  # a batch is stored contiguously
 
     async def _retry(self, live: list[Pending[C]]) -> None:
         COMMANDS.labels(self.agg.name, "retried").inc(len(live))

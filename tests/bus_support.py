@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.bus.memory import MemoryBus
-from shared.bus.port import Message, Unavailable
+from shared.bus.port import Appended, Message, Unavailable
 from tests.conftest import T
 
 __all__ = ["FaultyBus", "Tap"]
@@ -47,8 +47,9 @@ class Tap:
 
 
 class FaultyBus(MemoryBus):
-    """A memory bus whose n-th ``append_batch`` can fail before storing or after it (the answer
-    lost on the way back): ``fail(n) -> ("before" | "after", exception) | None``."""
+    """A memory bus whose n-th ``append_batch`` or ``append`` (a chain is several) can fail
+    before storing or after it (the answer lost on the way back):
+    ``fail(n) -> ("before" | "after", exception) | None``."""
 
     def __init__(self, fail: Callable[[int], tuple[str, Exception] | None], **kw: Any) -> None:
         super().__init__(**kw)
@@ -71,6 +72,26 @@ class FaultyBus(MemoryBus):
         if fault is not None:
             raise fault[1]
         return first
+
+    async def append(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        msg_id: str,
+        expect_last: int | None = None,
+        timeout: float = 5.0,
+    ) -> Appended:
+        self.batches.append([(msg_id, data)])
+        fault = self.fail(len(self.batches))
+        if fault is not None and fault[0] == "before":
+            raise fault[1]
+        done = await super().append(
+            subject, data, msg_id=msg_id, expect_last=expect_last, timeout=timeout
+        )
+        if fault is not None:
+            raise fault[1]
+        return done
 
 
 def lost_answer(n: int) -> Callable[[int], tuple[str, Exception] | None]:

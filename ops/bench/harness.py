@@ -146,8 +146,11 @@ class BenchStack:
         from ops.streams import ensure_streams
 
         assert self.nats is not None
+        from shared.config import load_settings
+
+        st = load_settings(self.env)
         nc = await nats.connect(self.nats.url)
-        await ensure_streams(nc.jetstream())
+        await ensure_streams(nc.jetstream(), 1, st.dedup_window_s, st.partitions, st.lease_s)
         await nc.close()
 
     def _ready(self) -> bool:

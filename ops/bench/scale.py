@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import time
 from typing import Any
@@ -24,7 +25,7 @@ from ops.bench.fanout import _open_many
 from ops.bench.harness import BenchStack, cpu_seconds, p50_p99_ms
 from ops.bench.wsload import LoadSocket
 
-_ACK = re.compile(rb'^\{"type":"ack","id":"r(\d+)-(\d+)"')
+_ACK_ID = re.compile(rb'"id":"r(\d+)-(\d+)"')
 
 
 async def _drive(stack: BenchStack, rooms: int, window: int, seconds: float) -> dict[str, Any]:
@@ -42,7 +43,9 @@ async def _drive(stack: BenchStack, rooms: int, window: int, seconds: float) -> 
         socks[room].send_text(json.dumps(frame))
 
     def on_text(sock: LoadSocket, payload: bytes) -> None:
-        hit = _ACK.match(payload)
+        if not payload.startswith(b'{"type":"ack"'):
+            return
+        hit = _ACK_ID.search(payload)
         if hit is None:
             return
         key = (int(hit.group(1)), int(hit.group(2)))
@@ -59,7 +62,12 @@ async def _drive(stack: BenchStack, rooms: int, window: int, seconds: float) -> 
     socks.extend(opened)
     pids = stack.pids
     chat = [pid for name, pid in pids.items() if name.startswith("chat")]
-    groups = {"chat": chat, "gateway": [pids["gateway"]], "nats": [pids["nats"]]}
+    groups = {
+        "chat": chat,
+        "gateway": [pids["gateway"]],
+        "nats": [pids["nats"]],
+        "load": [os.getpid()],
+    }
     cpu0 = {k: cpu_seconds(v) for k, v in groups.items()}
     t0 = time.perf_counter()
     for room in range(rooms):
@@ -80,14 +88,22 @@ async def _drive(stack: BenchStack, rooms: int, window: int, seconds: float) -> 
         **p50_p99_ms(lat),
         **{f"{k}_us_per_msg": round(v / max(acked, 1) * 1e6, 1) for k, v in cpu.items()},
         "chat_cores": round(cpu["chat"] / elapsed, 2),
+        "load_cores": round(cpu["load"] / elapsed, 2),
         "unanswered": len(sent),
     }
 
 
-def run(workers: list[int], rooms: int, window: int, seconds: float) -> dict[int, Any]:
+def run(
+    workers: list[int],
+    rooms: int,
+    window: int,
+    seconds: float,
+    sync: str = "always",
+    env: dict[str, str] | None = None,
+) -> dict[int, Any]:
     out: dict[int, Any] = {}
     for n in workers:
-        with BenchStack(["chat", "gateway"], workers=n) as stack:
+        with BenchStack(["chat", "gateway"], env, workers=n, sync_interval=sync) as stack:
             out[n] = asyncio.run(_drive(stack, rooms, window, seconds))
         print(f"[scale] {n} worker(s): {json.dumps(out[n])}", flush=True)
     return out
@@ -101,9 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rooms", type=int, default=100)
     p.add_argument("--window", type=int, default=4, help="messages in flight per room")
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--sync-interval", default="always", help="nats-server JetStream sync_interval")
+    p.add_argument("--partitions", type=int, default=16, help="AG_PARTITIONS of the stack")
     a = p.parse_args(argv)
     counts = [int(x) for x in a.workers.split(",")]
-    results = run(counts, a.rooms, a.window, a.seconds)
+    env = {"AG_PARTITIONS": str(a.partitions)}
+    results = run(counts, a.rooms, a.window, a.seconds, a.sync_interval, env)
     print(
         "| chat workers | msg/s (acked) | ack p50 / p99 ms | chat CPU µs/msg | chat cores busy"
         " | gateway µs/msg | nats µs/msg |"

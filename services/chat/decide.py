@@ -58,7 +58,7 @@ def decide(
 ) -> Decision[PostMessage]:
     notes = ChatNotes()
     decision = Decision[PostMessage](
-        subjects.chat_messages(room.context_id), room.last_subject_seq, extra=notes
+        subjects.chat_messages(room.context_id), room.last_subject_seq, extra=notes, atomic=False
     )
     batch: dict[tuple[str, str], tuple[str, int]] = {}  # keys stored by this batch
     for cmd in commands:

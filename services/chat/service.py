@@ -155,10 +155,10 @@ class ChatRooms:
         mono = time.monotonic()
         return decide(room, cmds, now, lambda ctx: self.limiter.hit(ctx, mono))
 
-    def commit(self, room: Room, decision: Decision[PostMessage], first_seq: int) -> None:
+    def commit(self, room: Room, decision: Decision[PostMessage], seqs: Sequence[int]) -> None:
         notes: ChatNotes = decision.extra
-        for i, ev in enumerate(notes.new):
-            room.apply(ev, first_seq + i)
+        for ev, seq in zip(notes.new, seqs, strict=True):
+            room.apply(ev, seq)
 
     async def publish(self, room: Room, decision: Decision[PostMessage]) -> None:
         """The live ``message`` frames. Gateways deliver a room's frames in ``seq`` order and fill

@@ -55,7 +55,9 @@ class EditNotes:
 def decide(state: DocState, commands: Sequence[EditCommand], now: int) -> Decision[EditCommand]:
     notes = EditNotes()
     subject = subjects.collab_edits(state.context_id, state.session_id)
-    decision = Decision[EditCommand](subject, state.last_seq, extra=notes)
+    # Edits stand alone, so a few may be chained; a command of two events (a delete split by
+    # an insert) must be stored whole, so then the batch is atomic.
+    decision = Decision[EditCommand](subject, state.last_seq, extra=notes, atomic=False)
     batch: dict[tuple[str, str], Outcome] = {}
     for cmd in commands:
         key = command_key(cmd)
@@ -89,6 +91,7 @@ def decide(state: DocState, commands: Sequence[EditCommand], now: int) -> Decisi
             outcome = state.unchanged(cmd, now)
         else:
             outcome = Outcome(events[-1].version, events[0].position, len(events))
+            decision.atomic = decision.atomic or len(events) > 1
             for ev in events:
                 notes.new.append((ev, sender))
                 decision.events.append((edit_msg_id(ev), encode_event(ev)))
@@ -142,10 +145,10 @@ class CollabDocs:
     ) -> Decision[EditCommand]:
         return decide(state, cmds, now)
 
-    def commit(self, state: DocState, decision: Decision[EditCommand], first_seq: int) -> None:
+    def commit(self, state: DocState, decision: Decision[EditCommand], seqs: Sequence[int]) -> None:
         notes: EditNotes = decision.extra
-        for i, (ev, _) in enumerate(notes.new):
-            state.record(ev, first_seq + i)
+        for (ev, _), seq in zip(notes.new, seqs, strict=True):
+            state.record(ev, seq)
 
     async def publish(self, state: DocState, decision: Decision[EditCommand]) -> None:
         notes: EditNotes = decision.extra

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from shared.bus.chain import chain
 from shared.bus.port import (
     Appended,
     Command,
@@ -317,6 +318,16 @@ class MemoryBus:
         if len(set(ids)) != len(ids) or any(self._seen(mid) is not None for mid in ids):
             raise Conflict("a message id in the batch is already stored")
         return [self._store(subject, data, mid) for mid, data in items][0]
+
+    async def append_chain(
+        self,
+        subject: str,
+        items: Sequence[tuple[str, bytes]],
+        *,
+        expect_last: int | None = None,
+        timeout: float = 5.0,
+    ) -> list[int]:
+        return await chain(self, subject, items, expect_last, timeout)
 
     def _read(self, subject: str, start: int, limit: int) -> list[Entry]:
         out = []

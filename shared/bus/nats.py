@@ -33,6 +33,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
 
 from shared import subjects
+from shared.bus.chain import chain
 from shared.bus.nats_commands import CommandQueue
 from shared.bus.nats_leases import NatsLeases
 from shared.bus.nats_streams import describe_streams, ensure_streams, stream_configs
@@ -302,6 +303,16 @@ class NatsBus(Bus):
                 raise Conflict(str(err.get("description", "")))
             raise Unavailable(f"batch refused: {err}")
         return int(ack["seq"]) - int(ack.get("count", last)) + 1
+
+    async def append_chain(
+        self,
+        subject: str,
+        items: Sequence[tuple[str, bytes]],
+        *,
+        expect_last: int | None = None,
+        timeout: float = 5.0,
+    ) -> list[int]:
+        return await chain(self, subject, items, expect_last, timeout)
 
     async def read(
         self, subject: str, start: int = 1, limit: int = 1_000_000, *, timeout: float = 5.0

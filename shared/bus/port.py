@@ -183,6 +183,22 @@ class Bus(Protocol):
         last sequence applies to the first. Returns the sequence of the first."""
         ...
 
+    async def append_chain(
+        self,
+        subject: str,
+        items: Sequence[tuple[str, bytes]],
+        *,
+        expect_last: int | None = None,
+        timeout: float = 5.0,
+    ) -> list[int]:
+        """Append ``(msg_id, data)`` items to one subject one after another, each expecting the
+        one before it as the subject's last: in order and with no other writer in between, but
+        not all-or-none (a failure part-way leaves a prefix stored; ``Conflict`` or
+        ``Unavailable`` says it failed). For events that stand alone; NATS's atomic batches
+        are staged and committed under the stream's lock, a few hundred a second per stream,
+        while single appends go at the stream's full rate. Returns each one's sequence."""
+        ...
+
     async def read(
         self, subject: str, start: int = 1, limit: int = 1_000_000, *, timeout: float = 5.0
     ) -> list[Entry]:

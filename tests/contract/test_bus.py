@@ -174,6 +174,38 @@ async def test_commands_are_delivered_once_and_removed_when_acked(kit: Any) -> N
         await queue.close()
 
 
+async def test_a_chain_appends_in_order_each_expecting_the_one_before(kit: Any) -> None:
+    bus, _ = kit
+    first = await bus.append(subject(1), b"a", msg_id="c-a")
+    other = await bus.append(subject(2), b"x", msg_id="c-x")  # another subject between: fine
+    seqs = await bus.append_chain(subject(1), [("c-b", b"b"), ("c-c", b"c")], expect_last=first.seq)
+    assert seqs[0] > other.seq and seqs[1] > seqs[0]
+    assert [e.data for e in await bus.read(subject(1))] == [b"a", b"b", b"c"]
+    assert [e.seq for e in await bus.read(subject(1))][1:] == seqs
+
+
+async def test_a_chain_with_a_stale_expectation_stores_nothing(kit: Any) -> None:
+    bus, _ = kit
+    await bus.append(subject(1), b"a", msg_id="s-a")
+    with pytest.raises(Conflict):
+        await bus.append_chain(subject(1), [("s-b", b"b"), ("s-c", b"c")], expect_last=0)
+    assert [e.data for e in await bus.read(subject(1))] == [b"a"]
+
+
+async def test_a_chain_that_meets_a_stored_id_stops_there_with_its_prefix_stored(
+    kit: Any,
+) -> None:
+    """Not all-or-none: what went before the failure stays, and the caller is told."""
+    bus, _ = kit
+    a = await bus.append(subject(1), b"a", msg_id="p-a")
+    await bus.append(subject(2), b"old", msg_id="p-old")
+    with pytest.raises(Conflict):
+        await bus.append_chain(
+            subject(1), [("p-b", b"b"), ("p-old", b"old"), ("p-c", b"c")], expect_last=a.seq
+        )
+    assert [e.data for e in await bus.read(subject(1))] == [b"a", b"b"]
+
+
 @pytest.mark.parametrize(
     ("submitted", "filtered"),
     [

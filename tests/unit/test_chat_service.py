@@ -12,6 +12,7 @@ import pytest
 from services.chat.service import ChatService
 from shared import subjects
 from shared.bus.memory import MemoryBus
+from shared.bus.port import Unavailable
 from shared.config import load_settings
 from shared.eventlog import SKIPPED, decode_logged
 from shared.schemas.commands import Origin, PostMessage
@@ -111,3 +112,18 @@ async def test_another_writer_ahead_of_the_room_makes_it_reload_and_go_on() -> N
         await tap.until(lambda: len(tap.of("ag.reply")) == 2)
         assert tap.of("ag.reply")[1]["ok"]["seq"] == 3
         assert [e.seq for e in await stored(bus)] == [1, 2, 3]
+
+
+async def test_a_chain_broken_part_way_stores_each_message_once_and_answers_all() -> None:
+    """Two messages of one batch go as a chain; the second append fails before storing. The
+    first stays stored (a chain is not all-or-none): after the redelivery it is answered from
+    the log and only the second is appended again."""
+    bus = FaultyBus(lambda k: ("before", Unavailable("timeout")) if k == 2 else None)
+    await bus.submit(subjects.chat_commands(CTX), encode(post("m1", "one")))
+    await bus.submit(subjects.chat_commands(CTX), encode(post("m2", "two")))
+    async with start(bus) as (_, tap):
+        await tap.until(lambda: len(tap.of("ag.reply")) == 2)
+        seqs = {r["clientId"]: r["ok"]["seq"] for r in tap.of("ag.reply")}
+        assert seqs == {"m1": 1, "m2": 2}
+        assert [(e.clientId, e.seq) for e in await stored(bus)] == [("m1", 1), ("m2", 2)]
+        assert [len(b) for b in bus.batches] == [1, 1, 1]  # m1, m2 (failed), m2 again

@@ -233,6 +233,10 @@ async def test_the_append_gets_what_is_left_of_the_deadline(kit: Harness) -> Non
             timeouts.append(kw["timeout"])
             return await super().append_batch(*a, **kw)
 
+        async def append_chain(self, *a: Any, **kw: Any) -> list[int]:
+            timeouts.append(kw["timeout"])
+            return await super().append_chain(*a, **kw)
+
     kit.bus = Spy()
     await kit.tap.watch(kit.bus, subjects.gateway_replies("gw"))
     await kit.service()

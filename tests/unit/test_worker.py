@@ -83,9 +83,9 @@ class Counters:
             d.results.append(CommandResult(cmd["id"], "conn", ok={"value": value}))
         return d
 
-    def commit(self, c: Counter, d: Decision[Any], first: int) -> None:
-        for i, (cid, value) in enumerate(d.extra):
-            c.value, c.last = value, first + i
+    def commit(self, c: Counter, d: Decision[Any], seqs: Sequence[int]) -> None:
+        for (cid, value), seq in zip(d.extra, seqs, strict=True):
+            c.value, c.last = value, seq
             c.seen.add(cid)
 
     async def publish(self, c: Counter, d: Decision[Any]) -> None:

@@ -31,7 +31,15 @@ from typing import Generic, Literal, TypeVar
 
 from shared.schemas.commands import Connection
 
-__all__ = ["Change", "ConnectionChange", "ConnectionPresence", "Member", "Present", "PresenceCore"]
+__all__ = [
+    "Change",
+    "ConnectionChange",
+    "ConnectionPresence",
+    "LoggedPresence",
+    "Member",
+    "Present",
+    "PresenceCore",
+]
 
 K = TypeVar("K", bound=Hashable)
 S = TypeVar("S", bound=Hashable)
@@ -120,6 +128,9 @@ class PresenceCore(Generic[K, S, P]):
             payloads = list(r.conns.get(user, {}).values()) or [r.assumed[user]]
             out.append(Present(user, r.names.get(user, user), self._combine(payloads)))
         return out
+
+    def rooms(self) -> list[K]:
+        return list(self._rooms)
 
     def assume(self, room: K, user_id: str, user_name: str, payload: P, present: bool) -> None:
         """Replay of the log's join/leave events on start-up."""
@@ -260,6 +271,15 @@ class ConnectionPresence:
             {"userId": u.user_id, "username": u.user_name} for u in self._core.present(context_id)
         ]
 
+    def rooms(self) -> list[str]:
+        return self._core.rooms()
+
+    def reconcile(
+        self, logged: LoggedPresence[str, None], context_id: str
+    ) -> list[ConnectionChange]:
+        """What to announce so that the log says who is in the context now."""
+        return [_change(ch) for ch in logged.diff(context_id, self._core.present(context_id))]
+
     def assume(self, context_id: str, user_id: str, user_name: str, present: bool) -> None:
         """Replay of the log's join/leave events on start-up."""
         self._core.assume(context_id, user_id, user_name, None, present)
@@ -297,3 +317,40 @@ class ConnectionPresence:
     def settle(self) -> list[ConnectionChange]:
         """End of the start-up grace: users the log had present but no gateway has are gone."""
         return [_change(ch) for ch in self._core.settle()]
+
+
+class LoggedPresence(Generic[K, P]):
+    """Who the log says is in each room (its join/leave events, in order): what a worker that
+    takes a partition over compares with who is really there (``diff``), to announce what
+    nobody did while the partition had no owner."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[K, dict[str, tuple[str, P]]] = {}
+
+    def apply(self, room: K, user_id: str, user_name: str, payload: P, joined: bool) -> None:
+        users = self._rooms.setdefault(room, {})
+        if joined:
+            users[user_id] = (user_name, payload)
+        else:
+            users.pop(user_id, None)
+            if not users:
+                del self._rooms[room]
+
+    def rooms(self) -> list[K]:
+        return list(self._rooms)
+
+    def diff(self, room: K, present: Sequence[Present[P]]) -> list[Change[K, P]]:
+        """The changes that bring the log to ``present``: joins, then leaves."""
+        logged = self._rooms.get(room, {})
+        here = {p.user_id: p for p in present}
+        joins = [
+            Change("joined", room, u, p.user_name, p.payload)
+            for u, p in sorted(here.items())
+            if u not in logged
+        ]
+        leaves = [
+            Change("left", room, u, name, payload)
+            for u, (name, payload) in sorted(logged.items())
+            if u not in here
+        ]
+        return joins + leaves

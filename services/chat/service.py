@@ -20,7 +20,8 @@ import asyncio
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import msgspec
 
@@ -34,9 +35,11 @@ from shared.bus.pipe import AppendPipe
 from shared.bus.port import Bus, Message, Unavailable
 from shared.config import Settings
 from shared.eventlog import decode_logged
+from shared.follow import LogFollower
 from shared.logs import get_logger
 from shared.ownership import run_partitions
 from shared.partitions import chat_partition
+from shared.presence import LoggedPresence
 from shared.presence_book import PresenceBook
 from shared.ratelimit import KeyedLimiter
 from shared.schemas.commands import (
@@ -179,17 +182,22 @@ class ChatRooms:
             await self.bus.publish(subjects.chat_live(ev.contextId), message_frame(ev), headers)
 
     # --- start-up ---------------------------------------------------------------------------
-    async def rebuild_presence(self, presence: Presence) -> None:
-        """Who was present, from the presence events alone (NATS filters them server-side)."""
-        count = 0
+    async def rebuild_presence(self, presence: Presence, logged: LoggedPresence[str, None]) -> int:
+        """Who was present, from the presence events alone (NATS filters them server-side);
+        the sequence of the last one read."""
+        count = last = 0
         for entry in await self.bus.read(subjects.CHAT_PRESENCE_ALL):
             count += 1
+            last = entry.seq
             match decode_logged(entry.data, entry.seq, entry.subject, "chat"):
                 case UserJoined() as ev:
                     presence.assume(ev.contextId, ev.userId, ev.userName, True)
+                    logged.apply(ev.contextId, ev.userId, ev.userName, None, True)
                 case UserLeft() as ev:
                     presence.assume(ev.contextId, ev.userId, ev.userName, False)
+                    logged.apply(ev.contextId, ev.userId, ev.userName, None, False)
         log.info("chat presence rebuilt", extra={"events": count})
+        return last
 
 
 class ChatService:
@@ -203,13 +211,19 @@ class ChatService:
         self.presence = Presence()
         self.book = PresenceBook(settings.heartbeat_s, [(self.presence, self._announce)])
         self.presence_log = AppendPipe(bus, "presence")
+        # What the log says about presence, followed live: a partition taken over is reconciled
+        # with it (changes while the partition had no owner were announced by nobody).
+        self.logged = LoggedPresence[str, None]()
+        self.follow = LogFollower(bus, [subjects.CHAT_PRESENCE_ALL], self._logged, "chat")
         self._subs: list[object] = []
         self._ticker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._started = 0.0
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.rooms.rebuild_presence(self.presence)
+        last = await self.rooms.rebuild_presence(self.presence, self.logged)
+        self.follow.start(last)
         self._started = time.monotonic()
         bus = self.bus
         # Every worker follows every presence change and heartbeat (a partition's next owner
@@ -230,6 +244,8 @@ class ChatService:
         await tasks.stop([self._ticker])
         await self.ownership.stop()
         await self.worker.stop()
+        await tasks.stop(list(self._background))
+        await self.follow.stop()
         for sub in self._subs:
             await sub.unsubscribe()  # type: ignore[attr-defined]
         await self.presence_log.stop()
@@ -243,6 +259,33 @@ class ChatService:
             # The last owner may have died between an append and its broadcast: gateways
             # check their rooms against the log now, instead of at the room's next message.
             await self.bus.publish(subjects.CHAT_READY, b"")
+            self._spawn(self._reconcile(partition), f"chat-reconcile-{partition}")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _logged(self, ev: object) -> None:
+        match ev:
+            case UserJoined():
+                self.logged.apply(ev.contextId, ev.userId, ev.userName, None, True)
+            case UserLeft():
+                self.logged.apply(ev.contextId, ev.userId, ev.userName, None, False)
+
+    async def _reconcile(self, partition: int) -> None:
+        """Announce what changed in a partition's rooms while nobody owned it: who is there
+        now against what the log says (once it has read the log's presence events so far)."""
+        await self.follow.caught_up(self.settings.lease_s)
+        rooms = {*self.presence.rooms(), *self.logged.rooms()}
+
+        def changes() -> list[Change]:
+            out: list[Change] = []
+            for ctx in sorted(r for r in rooms if self.rooms.partition(r) == partition):
+                out += self.presence.reconcile(self.logged, ctx)
+            return out
+
+        await self.book.change(changes, self._announce)
 
     # --- history --------------------------------------------------------------------------
     async def _on_history(self, msg: Message) -> None:

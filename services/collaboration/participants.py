@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from shared.presence import Change as _CoreChange
-from shared.presence import Member, PresenceCore
+from shared.presence import LoggedPresence, Member, PresenceCore
 from shared.schemas.commands import SessionMember
 
 __all__ = ["Change", "Participants", "SessionKey"]
@@ -68,6 +68,13 @@ class Participants:
             {"userId": u.user_id, "username": u.user_name, "role": u.payload}
             for u in self._core.present((context_id, session_id))
         ]
+
+    def sessions(self) -> list[SessionKey]:
+        return self._core.rooms()
+
+    def reconcile(self, logged: LoggedPresence[SessionKey, str], key: SessionKey) -> list[Change]:
+        """What to announce so that the log says who is in the session now."""
+        return [_change(ch) for ch in logged.diff(key, self._core.present(key))]
 
     def assume(
         self, context_id: str, session_id: str, user_id: str, user_name: str, role: str, here: bool

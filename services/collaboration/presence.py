@@ -21,7 +21,7 @@ import msgspec
 from shared import subjects
 from shared.bus.port import Bus, Message, Unavailable
 from shared.logs import get_logger
-from shared.presence import ConnectionChange, ConnectionPresence
+from shared.presence import ConnectionChange, ConnectionPresence, LoggedPresence
 from shared.presence_book import PresenceBook
 from shared.schemas.commands import CollabHeartbeat, Connection, SessionMember
 from shared.schemas.events import (
@@ -56,6 +56,9 @@ class PresenceKeeper:
         self.store = store
         self.participants = Participants()
         self.online = ConnectionPresence()
+        # What the log says, followed live (``follow``): reconciled after a takeover.
+        self.logged_participants = LoggedPresence[tuple[str, str], str]()
+        self.logged_online = LoggedPresence[str, None]()
         self.book = PresenceBook(
             heartbeat_s,
             [(self.participants, self._announce), (self.online, self._announce_online)],
@@ -64,9 +67,10 @@ class PresenceKeeper:
     def members(self, context_id: str, session_id: str) -> list[dict[str, str]]:
         return self.participants.members(context_id, session_id)
 
-    async def rebuild(self) -> None:
-        """Who the log says is present; confirmed or left once the gateways have reported."""
-        events = await self.store.presence_events()
+    async def rebuild(self) -> int:
+        """Who the log says is present; confirmed or left once the gateways have reported. The
+        sequence of the last presence event read (where following the log goes on from)."""
+        events, last = await self.store.presence_events()
         p = self.participants
         for ev in events:
             match ev:
@@ -77,7 +81,42 @@ class PresenceKeeper:
                 case CollabUserConnected() | CollabUserDisconnected():
                     on = isinstance(ev, CollabUserConnected)
                     self.online.assume(ev.contextId, ev.userId, ev.userName, on)
+            self.follow(ev)
         log.info("collaboration presence rebuilt", extra={"events": len(events)})
+        return last
+
+    def follow(self, ev: object) -> None:
+        """One presence event from the log into the logged picture."""
+        match ev:
+            case ParticipantJoined() | ParticipantLeft():
+                role = ev.role if isinstance(ev, ParticipantJoined) else ""
+                key = (ev.contextId, ev.sessionId)
+                joined = isinstance(ev, ParticipantJoined)
+                self.logged_participants.apply(key, ev.userId, ev.userName, role, joined)
+            case CollabUserConnected() | CollabUserDisconnected():
+                on = isinstance(ev, CollabUserConnected)
+                self.logged_online.apply(ev.contextId, ev.userId, ev.userName, None, on)
+
+    async def reconcile(self, owned: Callable[[str, str | None], bool]) -> None:
+        """Announce what changed, in the sessions and contexts ``owned`` selects, while nobody
+        owned them: who is there now against what the log says."""
+        sessions = {*self.participants.sessions(), *self.logged_participants.rooms()}
+        contexts = {*self.online.rooms(), *self.logged_online.rooms()}
+
+        def joined_left() -> list[Change]:
+            out: list[Change] = []
+            for key in sorted(k for k in sessions if owned(k[0], k[1])):
+                out += self.participants.reconcile(self.logged_participants, key)
+            return out
+
+        def online() -> list[ConnectionChange]:
+            out: list[ConnectionChange] = []
+            for ctx in sorted(c for c in contexts if owned(c, None)):
+                out += self.online.reconcile(self.logged_online, ctx)
+            return out
+
+        await self.book.change(joined_left, self._announce)
+        await self.book.change(online, self._announce_online)
 
     async def join(self, gateway: str, member: SessionMember, now: float, seq: int) -> None:
         await self.book.change(

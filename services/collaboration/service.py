@@ -41,6 +41,7 @@ import msgspec
 from shared import subjects, tasks
 from shared.bus.port import Bus, Message, Subscription, Unavailable
 from shared.config import Settings
+from shared.follow import LogFollower
 from shared.logs import get_logger
 from shared.ownership import run_partitions
 from shared.partitions import collab_partition, partition_of
@@ -77,16 +78,18 @@ class CollabService:
         self.store = DocStore(settings, bus)
         self.docs = CollabDocs(settings, bus, self.store)
         self.worker: CommandWorker[DocKey, DocState, Any] = CommandWorker(bus, self.docs)
-        self.ownership = run_partitions(settings, bus, self.worker, "collab")
+        self.ownership = run_partitions(settings, bus, self.worker, "collab", self._partition_moved)
         self.presence = PresenceKeeper(bus, self.store, settings.heartbeat_s, self.owns)
         self._subs: list[Subscription] = []
         self._ticker: asyncio.Task[None] | None = None
-        self._spawned: set[asyncio.Task[None]] = set()  # RPC handlers
+        self._spawned: set[asyncio.Task[None]] = set()  # RPC handlers, background work
+        presence_events = [subjects.COLLAB_PRESENCE_ALL, subjects.COLLAB_CONNECTIONS_ALL]
+        self.follow = LogFollower(bus, presence_events, self.presence.follow, "collaboration")
         self._started = 0.0
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.presence.rebuild()
+        self.follow.start(await self.presence.rebuild())
         self._started = time.monotonic()
         await self.ownership.start()
         self._ticker = asyncio.create_task(self._tick_loop(), name="collab-ticker")
@@ -106,6 +109,7 @@ class CollabService:
         await self.ownership.stop()
         await self.worker.stop()
         await tasks.stop(list(self._spawned))
+        await self.follow.stop()
         await self.store.presence_log.stop()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -173,12 +177,23 @@ class CollabService:
     def owns(self, context_id: str, session_id: str | None) -> bool:
         """Whether this worker owns the document (``session_id`` None: the context's sockets,
         by the partition of the context alone)."""
+        return self.ownership.owns(self._partition(context_id, session_id))
+
+    def _partition(self, context_id: str, session_id: str | None) -> int:
         n = self.settings.partitions
         if session_id is None:
-            p = partition_of(n, subjects.token(context_id))
-        else:
-            p = collab_partition(context_id, session_id, n)
-        return self.ownership.owns(p)
+            return partition_of(n, subjects.token(context_id))
+        return collab_partition(context_id, session_id, n)
+
+    async def _partition_moved(self, partition: int, gained: bool) -> None:
+        if gained:
+            self._spawn(self._reconcile(partition), f"collab-reconcile-{partition}")
+
+    async def _reconcile(self, partition: int) -> None:
+        """After a takeover: announce what changed while the partition had no owner (once the
+        log's presence events so far are read)."""
+        await self.follow.caught_up(self.settings.lease_s)
+        await self.presence.reconcile(lambda c, s: self._partition(c, s) == partition)
 
     async def _on_heartbeat(self, msg: Message) -> None:
         await self.presence.on_heartbeat(msg, time.monotonic())

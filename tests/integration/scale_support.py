@@ -9,9 +9,9 @@ from typing import Any
 
 from shared import subjects
 from tests.conftest import T
-from tests.helpers import Proc, Stack
+from tests.helpers import Proc, Stack, wait_chat_ready, wait_collab_ready
 
-__all__ = ["Leases", "start_worker"]
+__all__ = ["Leases", "start_worker", "start_workers"]
 
 
 def start_worker(stack: Stack, service: str, worker: str, module: str) -> Proc:
@@ -21,6 +21,25 @@ def start_worker(stack: Stack, service: str, worker: str, module: str) -> Proc:
     proc.start()
     stack.services[worker] = proc
     return proc
+
+
+_SERVICES = {
+    "chat": ("services.chat", wait_chat_ready),
+    "collab": ("services.collaboration", wait_collab_ready),
+}
+
+
+async def start_workers(stack: Stack, nc: Any, service: str, count: int) -> tuple[Leases, set[str]]:
+    """``count`` workers of ``service`` (``chat`` / ``collab``), started and sharing the
+    partitions; the lease reader and the worker ids."""
+    module, ready = _SERVICES[service]
+    workers = {f"{service}-{i}" for i in range(1, count + 1)}
+    for w in sorted(workers):
+        start_worker(stack, service, w, module)
+    await ready(stack.nats_url)
+    leases = Leases(nc, service)
+    await leases.until(lambda o: spread(o, workers), 30, f"16 partitions over {count} workers")
+    return leases, workers
 
 
 class Leases:

@@ -19,11 +19,23 @@ from typing import Any
 from shared import subjects
 from shared.eventlog import decode_logged
 from shared.partitions import chat_partition, collab_partition
-from shared.schemas.events import ChatMessagePosted, EditApplied
+from shared.schemas.events import (
+    ChatMessagePosted,
+    EditApplied,
+    ParticipantJoined,
+    ParticipantLeft,
+    UserJoined,
+    UserLeft,
+)
 from tests.conftest import T
-from tests.helpers import Stack, log_entries, token, wait_chat_ready, wait_collab_ready
+from tests.helpers import (
+    Client,
+    Stack,
+    log_entries,
+    token,
+)
 from tests.integration.load_support import ChatLoad, Editors, Progress
-from tests.integration.scale_support import Leases, spread, start_worker
+from tests.integration.scale_support import spread, start_worker, start_workers
 
 ROOMS = 50
 RATE = 2.0  # messages per second per room
@@ -57,12 +69,7 @@ async def test_chat_workers_take_over_a_killed_workers_rooms_and_rebalance(
     make_stack: Any, nc: Any, tmp_path: Path
 ) -> None:
     stack: Stack = await make_stack(env=SCALE_ENV, chat=False, gateways=0)
-    workers = {f"chat-{i}" for i in (1, 2, 3)}
-    for w in sorted(workers):
-        start_worker(stack, "chat", w, "services.chat")
-    await wait_chat_ready(stack.nats_url)
-    leases = Leases(nc, "chat")
-    await leases.until(lambda o: spread(o, workers), 30, "16 partitions over 3 workers")
+    leases, workers = await start_workers(stack, nc, "chat", 3)
     stack.start_gateway()
     stack.start_gateway()
 
@@ -148,12 +155,7 @@ async def test_collaboration_workers_take_over_a_killed_workers_documents(
     mid-editing, then start it again. Every client converges with the server, every edit is
     applied once, every typed word is in the document once."""
     stack: Stack = await make_stack(env=SCALE_ENV, gateways=0)
-    workers = {"collab-1", "collab-2"}
-    for w in sorted(workers):
-        start_worker(stack, "collab", w, "services.collaboration")
-    await wait_collab_ready(stack.nats_url)
-    leases = Leases(nc, "collab")
-    await leases.until(lambda o: spread(o, workers), 30, "16 partitions over 2 workers")
+    leases, workers = await start_workers(stack, nc, "collab", 2)
     stack.start_gateway()
     stack.start_gateway()
     urls = [stack.url("/api/collaboration/ws", gateway=g) for g in (0, 1)]
@@ -200,3 +202,98 @@ async def _until(check: Any, timeout: float, what: str) -> None:
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.05)  # the editors type on their own tasks
+
+
+def _user(user: str) -> Any:
+    return lambda f: f["data"]["userId"] == user
+
+
+async def test_presence_has_no_zombies_after_a_gateway_or_a_worker_is_killed(
+    make_stack: Any, nc: Any
+) -> None:
+    """Two chat workers, two gateways, an observer in one room. A gateway is SIGKILLed: its
+    user is announced as gone once the gateway's heartbeats stop. The room's owner is SIGKILLed
+    and a user leaves before anyone took the room over: the next owner compares who is there
+    with what the log says and announces the leave. The log ends where the room is."""
+    stack: Stack = await make_stack(env=SCALE_ENV, chat=False, gateways=0)
+    leases, workers = await start_workers(stack, nc, "chat", 2)
+    stack.start_gateway()
+    stack.start_gateway()
+    room = "presence-room"
+
+    async def join(user: str, gateway: int) -> Client:
+        url = stack.url(gateway=gateway, token=token(user, room), contextId=room)
+        client = await Client.connect(url)
+        await client.expect("connected")
+        return client
+
+    observer = await join("obs", 0)
+    await join("zed", 1)
+    await observer.expect("user_joined", 10, where=_user("zed"))
+    killed = time.monotonic()
+    stack.gateways[1][0].stop(signal.SIGKILL)
+    await observer.expect("user_left", 30, where=_user("zed"))
+    gateway_gone = time.monotonic() - killed
+
+    amy = await join("amy", 0)
+    await observer.expect("user_joined", 10, where=_user("amy"))
+    owner = (await leases.owners())[chat_partition(room, 16)]
+    killed = time.monotonic()
+    stack.services[owner].stop(signal.SIGKILL)
+    await amy.close()  # gone while the room has no owner: nobody announces it yet
+    await observer.expect("user_left", 30, where=_user("amy"))
+    worker_gone = time.monotonic() - killed
+
+    entries = await log_entries(nc, subjects.chat_presence(room))
+    last: dict[str, str] = {}
+    for e in entries:
+        ev = decode_logged(e.data, e.seq, e.subject, "test")
+        if isinstance(ev, UserJoined | UserLeft):
+            last[ev.userId] = "joined" if isinstance(ev, UserJoined) else "left"
+    heartbeat = float(stack.env["AG_HEARTBEAT_S"])
+    print(
+        f"\n[scale-out presence] heartbeat {heartbeat}s: a killed gateway's user left after"
+        f" {gateway_gone:.2f}s ({gateway_gone / heartbeat:.1f} beats); a user who left while"
+        f" the room's worker was dead was announced after {worker_gone:.2f}s (takeover)"
+    )
+    assert last == {"obs": "joined", "zed": "left", "amy": "left"}
+
+
+async def test_collaboration_presence_after_a_worker_is_killed_has_no_zombies(
+    make_stack: Any, nc: Any
+) -> None:
+    """A participant who leaves while the session's worker is dead is announced as gone by the
+    worker that takes the session over, and the log says so too."""
+    stack: Stack = await make_stack(env=SCALE_ENV, gateways=0)
+    leases, workers = await start_workers(stack, nc, "collab", 2)
+    stack.start_gateway()
+    ctx, session = "course-p", "notes"
+
+    async def join(user: str) -> Client:
+        url = stack.url("/api/collaboration/ws", token=token(user, ctx), contextId=ctx)
+        client = await Client.connect(url)
+        await client.expect("connected")
+        await client.send({"type": "join_session", "id": "j", "data": {"sessionId": session}})
+        await client.expect("session_joined", 10)
+        return client
+
+    observer = await join("obs")
+    amy = await join("amy")
+    await observer.expect("participant_joined", 10, where=_user("amy"))
+    owner = (await leases.owners())[collab_partition(ctx, session, 16)]
+    killed = time.monotonic()
+    stack.services[owner].stop(signal.SIGKILL)
+    await amy.close()
+    await observer.expect("participant_left", 30, where=_user("amy"))
+    gone = time.monotonic() - killed
+    entries = await log_entries(nc, subjects.collab_presence(ctx, session))
+    last: dict[str, str] = {}
+    for e in entries:
+        ev = decode_logged(e.data, e.seq, e.subject, "test")
+        if isinstance(ev, ParticipantJoined | ParticipantLeft):
+            last[ev.userId] = "joined" if isinstance(ev, ParticipantJoined) else "left"
+    print(
+        f"\n[scale-out presence] collaboration: a leave during a takeover announced"
+        f" after {gone:.2f}s"
+    )
+    assert last == {"obs": "joined", "amy": "left"}

@@ -4,6 +4,7 @@ stack per data dir, and tools that fail fast when the stack is gone (README, "CL
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -142,3 +143,35 @@ async def test_up_serves_the_demo_and_prints_two_links_with_tokens_in_the_fragme
         connected = await c.expect("connected")
         assert connected["data"]["roles"] == [role]
     assert http_status(stack.http("/client/atomic-guide.js")) == 200
+
+
+async def test_up_with_workers_runs_that_many_chat_and_collaboration_workers_sharing_partitions(
+    up,  # type: ignore[no-untyped-def]
+) -> None:
+    stack = up(args=("--workers", "2")).start()
+    workers = {"chat-1", "chat-2", "collaboration-1", "collaboration-2"}
+    assert workers <= set(stack.pids())
+    assert "chat" not in stack.pids()
+
+    def holders() -> dict[str, str]:
+        out = cli(stack, "streams", "--json")
+        assert out.returncode == 0, out.stderr
+        rows = json.loads(out.stdout)
+        return next(r.get("leases", {}) for r in rows if r["stream"] == "KV_AG_LEASES")
+
+    def shared() -> bool:
+        got = holders()
+        chat = [v for k, v in got.items() if k.startswith("chat.p.")]
+        collab = [v for k, v in got.items() if k.startswith("collab.p.")]
+        return (
+            sorted(set(chat)) == ["chat-1", "chat-2"]
+            and len(chat) == 16
+            and (sorted(set(collab)) == ["collaboration-1", "collaboration-2"])
+        )
+
+    wait_until(shared, 30, "partitions shared by both workers of each service")
+    c = await Client.connect(stack.url(token=token("ann", "course-1"), contextId="course-1"))
+    await c.expect("connected")
+    assert await send_until_acked(c, "w1") == 1
+    assert "chat.p.0" in cli(stack, "streams").stdout  # the table shows the leases too
+    await c.close()

@@ -22,12 +22,19 @@ from tests.helpers import ROOT, TEST_ENV, free_port, http_status, wait_until
 
 __all__ = ["UpStack"]
 
-_STARTED = re.compile(r"\[up\] started (\w+) \(pid (\d+)\)")
+_STARTED = re.compile(r"\[up\] started ([\w-]+) \(pid (\d+)\)")
 
 
 class UpStack:
-    def __init__(self, tmp: Path, env: dict[str, str] | None = None, pipe: bool = False) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        env: dict[str, str] | None = None,
+        pipe: bool = False,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.tmp = tmp
+        self.args = args  # more `up` options
         self.data_dir = tmp / "data"
         self.log = tmp / "up.log"
         self.port = free_port()
@@ -47,6 +54,7 @@ class UpStack:
             str(self.port),
             "--data-dir",
             str(self.data_dir),
+            *self.args,
         ]
 
     def start(self, wait: bool = True) -> UpStack:

@@ -62,3 +62,27 @@ def test_after_restart_log_presence_holds_until_settled_then_absent_users_leave(
     assert [u["userId"] for u in p.users("c")] == ["a", "b"]
     assert p.settle() == [Change("left", "c", "b", "B")]
     assert [u["userId"] for u in p.users("c")] == ["a"]
+
+
+def test_the_logged_picture_diffs_against_who_is_there_joins_then_leaves() -> None:
+    from shared.presence import ConnectionChange, ConnectionPresence, LoggedPresence
+    from shared.schemas.commands import Connection
+
+    logged = LoggedPresence[str, None]()
+    logged.apply("r", "u1", "Ann", None, True)
+    logged.apply("r", "u2", "Bob", None, True)
+    logged.apply("r", "u2", "Bob", None, False)
+    logged.apply("r", "u3", "Cy", None, True)
+    live = ConnectionPresence()
+    for user, name in (("u1", "Ann"), ("u4", "Dee")):
+        live.open("gw", Connection("r", f"c-{user}", user, name), 1.0)
+    assert live.reconcile(logged, "r") == [
+        ConnectionChange("joined", "r", "u4", "Dee"),
+        ConnectionChange("left", "r", "u3", "Cy"),
+    ]
+    logged.apply("r", "u4", "Dee", None, True)
+    logged.apply("r", "u3", "Cy", None, False)
+    assert live.reconcile(logged, "r") == []
+    logged.apply("r", "u1", "Ann", None, False)
+    logged.apply("r", "u4", "Dee", None, False)
+    assert logged.rooms() == []

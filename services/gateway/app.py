@@ -107,7 +107,7 @@ class Gateway:
         if now - self._healed_at > 2.0:
             self._healed_at = now
             with contextlib.suppress(Exception):
-                await self.bus.ensure_streams()
+                await self.bus.restore_streams()
         return await self.bus.streams_exist()
 
 

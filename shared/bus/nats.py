@@ -219,10 +219,12 @@ class NatsBus(Bus):
             except Exception:
                 log.exception("reconnect callback failed")
 
-    async def ensure_streams(self) -> None:
+    async def restore_streams(self) -> None:
+        """Put back streams or the lease bucket a NATS restart lost; never changes existing ones
+        (that is ``provision``'s job, with the operator's settings)."""
         st = self.settings
         await ensure_streams(
-            self.js, st.stream_replicas, st.dedup_window_s, st.partitions, st.lease_s
+            self.js, st.stream_replicas, st.dedup_window_s, st.partitions, st.lease_s, update=False
         )
 
     async def streams_exist(self) -> bool:

@@ -81,7 +81,7 @@ class CommandQueue:
 
     async def _heal(self) -> None:
         try:
-            await self.bus.ensure_streams()
+            await self.bus.restore_streams()
             await self.close()
             await self._open()
         except Exception as exc:  # NATS still away: the next fetch tries again

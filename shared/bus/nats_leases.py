@@ -36,7 +36,7 @@ class NatsLeases:
             try:
                 self._kv = await self.bus.js.key_value(subjects.LEASES_BUCKET)
             except _BROKEN:
-                await self.bus.ensure_streams()  # a memory bucket does not survive a restart
+                await self.bus.restore_streams()  # a memory bucket does not survive a restart
                 self._kv = await self.bus.js.key_value(subjects.LEASES_BUCKET)
         return self._kv
 

@@ -102,14 +102,21 @@ async def ensure_streams(
     dedup_window_s: float = 120.0,
     partitions: int = 16,
     lease_s: float = 3.0,
+    *,
+    update: bool = True,
 ) -> None:
-    """Create or update the streams and the lease bucket (idempotent; services also call it to
-    heal). Before partitions, one durable per service consumed all of ``AG_CMDS``; a work queue
-    allows no overlapping consumers, so those are removed (commands only live until their
+    """Create the streams and the lease bucket, and with ``update`` bring existing ones to this
+    configuration (``provision``). Services heal with ``update=False``: they only put back what
+    a restart lost, because their settings are not the operator's (a worker without
+    AG_STREAM_REPLICAS would otherwise shrink an R3 stream to one replica).
+
+    Before partitions, one durable per service consumed all of ``AG_CMDS``; a work queue allows
+    no overlapping consumers, so provisioning removes those (commands only live until their
     deadline: a client re-sends what it was told was unavailable)."""
-    for old in ("chat", "collab"):
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await js.delete_consumer(subjects.COMMANDS_STREAM, old)
+    if update:
+        for old in ("chat", "collab"):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_consumer(subjects.COMMANDS_STREAM, old)
     for cfg in stream_configs(replicas, dedup_window_s, partitions):
         assert cfg.name is not None
         try:
@@ -117,13 +124,17 @@ async def ensure_streams(
         except nats.js.errors.NotFoundError:
             await js.add_stream(cfg)
         else:
-            await js.update_stream(cfg)
+            if update:
+                await js.update_stream(cfg)
     kv = leases_config(replicas, lease_s)
     try:
         await js.key_value(subjects.LEASES_BUCKET)
     except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
         await js.create_key_value(kv)
-    else:  # the bucket's TTL is the lease time the workers renew against: keep it in step
+    else:
+        if not update:
+            return
+        # the bucket's TTL is the lease time the workers renew against: keep it in step
         info = await js.stream_info("KV_" + subjects.LEASES_BUCKET)
         if info.config.max_age != lease_s:
             info.config.max_age = lease_s

@@ -60,3 +60,35 @@ async def test_a_store_from_before_partitions_is_upgraded_in_place(nats_url: str
         assert got.data == b"cmd"
     finally:
         await nc.close()
+
+
+async def test_a_services_heal_puts_back_what_is_missing_and_changes_nothing_else(
+    nats_url: str,
+) -> None:
+    """A worker heals with its own settings, which are not the operator's: provisioned with a
+    300 s duplicate window and 5 s leases, a worker configured for 60 s and 3 s (and, in a cluster,
+    for one replica where the operator asked for three) must leave both as they are."""
+    from shared.bus.nats import connect
+    from shared.config import load_settings
+
+    nc: Any = await nats.connect(nats_url)
+    bus = await connect(
+        load_settings({"AG_NATS_URL": nats_url, "AG_DEDUP_WINDOW_S": "60", "AG_LEASE_S": "3"}),
+        "heal-test",
+    )
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, 1, 300.0, 16, 5.0)
+        await js.delete_stream(subjects.COLLAB_COMMANDS_STREAM)  # as a restart loses memory streams
+
+        await bus.restore_streams()
+
+        events = await js.stream_info(subjects.EVENTS_STREAM)
+        assert events.config.duplicate_window == 300.0
+        leases = await js.stream_info("KV_" + subjects.LEASES_BUCKET)
+        assert leases.config.max_age == 5.0
+        collab = await js.stream_info(subjects.COLLAB_COMMANDS_STREAM)
+        assert collab.config.subjects == [subjects.COLLAB_COMMANDS_ALL]
+    finally:
+        await bus.close()
+        await nc.close()

@@ -109,6 +109,12 @@ class FanOut:
     async def join(self, subject: str, receiver: Receiver, log_subject: str | None = None) -> None:
         """Offer ``subject``'s frames to ``receiver``. With ``log_subject`` (chat), frames with a
         seq are handed out in order and gaps are filled from that subject of the log."""
+        if subject in self._subs:
+            # Already subscribed: nothing to wait for, so no lock (a room's joins queued on
+            # it cost O(waiters) each in asyncio, a burst of joins O(n²)). ``leave`` drops the
+            # subscription before it awaits anything, so a join that sees it here is safe.
+            self._members[subject][(receiver.conn_id, id(receiver))] = receiver
+            return
         async with self._locks[subject]:
             self._members[subject][(receiver.conn_id, id(receiver))] = receiver
             if subject not in self._subs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 
 import pytest
@@ -118,3 +119,29 @@ async def test_a_gap_the_log_cannot_fill_breaks_the_stream(kit: Kit) -> None:
     await live(kit, 1, s1)
     await live(kit, 3, 99)  # seq 2 is nowhere in the log
     assert r.got == [1] and r.broken and "lastSeq" in r.broken[0]
+
+
+async def test_joins_and_leaves_racing_keep_the_room_subscribed_while_anyone_is_in_it(
+    kit: Kit,
+) -> None:
+    """Joins of a room already subscribed take no lock; a join racing the last member's leave
+    (which unsubscribes) still ends subscribed, and a burst of joins all receive."""
+    first = Rec("c0", "u0")
+    await kit.fanout.join(LIVE, first, LOG)
+    burst = [Rec(f"c{i}", f"u{i}") for i in range(1, 50)]
+    late = Rec("late", "late")
+    await asyncio.gather(
+        *(kit.fanout.join(LIVE, r, LOG) for r in burst[:25]),
+        kit.fanout.leave(LIVE, first),
+        *(kit.fanout.join(LIVE, r, LOG) for r in burst[25:]),
+    )
+    await live(kit, 1, await log(kit, 1))
+    assert all(r.got == [1] for r in burst) and first.got == []
+    for r in burst[1:]:
+        await kit.fanout.leave(LIVE, r)
+    # the last member leaves (unsubscribing) while a new one joins
+    await asyncio.gather(kit.fanout.leave(LIVE, burst[0]), kit.fanout.join(LIVE, late, LOG))
+    await live(kit, 2, await log(kit, 2))
+    assert late.got == [2]
+    assert kit.fanout.receivers(LIVE) == [late]
+    assert kit.fanout.subjects == 1

@@ -94,7 +94,14 @@ export function transformLists(ops, others, opsWinTies) {
   return [result, remaining];
 }
 
-/** At most one delete then one insert turning `oldText` into `newText` (never half a pair). */
+/**
+ * Operations turning `oldText` into `newText` (never half a pair). Around the common prefix and
+ * suffix the middle is one insert or one delete, or several inserts when the old middle is kept,
+ * in order, in the new one: others' typing spread over the document, as a resync after missed
+ * edits sees it. Local edits rebased on these keep their place between the characters they were
+ * typed between, instead of being pulled into someone else's words by one delete over the whole
+ * span. Anything else is one delete then one insert.
+ */
 export function diff(oldText, newText) {
   const limit = Math.min(oldText.length, newText.length);
   let prefix = 0;
@@ -107,9 +114,34 @@ export function diff(oldText, newText) {
   if (suffix > 0 && isLow(oldText.charCodeAt(oldText.length - suffix))) suffix -= 1;
   const removed = oldText.length - suffix - prefix;
   const inserted = newText.slice(prefix, newText.length - suffix);
+  if (removed > 0 && removed < inserted.length) {
+    const spread = interleave(oldText.slice(prefix, oldText.length - suffix), inserted, prefix);
+    if (spread) return spread;
+  }
   const ops = [];
   if (removed > 0) ops.push(del(prefix, removed));
   if (inserted) ops.push(insert(prefix, inserted));
+  return ops;
+}
+
+/**
+ * When `short` is a subsequence of `long` (whole characters): the inserts turning it into
+ * `long`, each at its place in the text as the ones before it left it (from `position`); else null.
+ */
+function interleave(short, long, position) {
+  const ops = [];
+  let j = 0;
+  for (const ch of short) {
+    const k = long.indexOf(ch, j);
+    if (k < 0) return null;
+    if (k > j) {
+      ops.push(insert(position, long.slice(j, k)));
+      position += k - j;
+    }
+    position += ch.length;
+    j = k + ch.length;
+  }
+  if (j < long.length) ops.push(insert(position, long.slice(j)));
   return ops;
 }
 

@@ -186,7 +186,7 @@ test("the transformed edits keep each side's intention (unique characters, BMP a
 
 // --- diff and merge -------------------------------------------------------------------------
 
-test("diff(old, new): at most one delete then one insert, turning old into new, never splitting a pair", () => {
+test("diff(old, new): turns old into new, each op on a character boundary of the text it meets", () => {
   const r = rng(BASE_SEED + 3);
   const cases = [
     ["😀", "😁"], // same high surrogate
@@ -206,20 +206,42 @@ test("diff(old, new): at most one delete then one insert, turning old into new, 
   for (const [old, next] of cases) {
     const ops = diff(old, next);
     const ctx = `diff(${show(old)}, ${show(next)}) = ${show(ops)}`;
-    assert.ok(ops.length <= 2, ctx);
-    if (ops.length === 2) assert.deepEqual([ops[0].type, ops[1].type], ["delete", "insert"], ctx);
+    if (ops.length === 2 && ops[0].type === "delete") assert.equal(ops[1].type, "insert", ctx);
+    if (ops.some((op) => op.type === "delete")) assert.ok(ops.length <= 2, ctx);
+    let text = old;
     for (const op of ops) {
-      assert.ok(boundaries(old).includes(op.position), `${ctx}: starts on a character boundary`);
+      assert.ok(boundaries(text).includes(op.position), `${ctx}: starts on a character boundary`);
       if (op.type === "delete") {
         assert.ok(op.length > 0, ctx);
-        assert.ok(boundaries(old).includes(op.position + op.length), `${ctx}: ends on a character boundary`);
+        assert.ok(boundaries(text).includes(op.position + op.length), `${ctx}: ends on a character boundary`);
       } else {
         assert.ok(op.text.length > 0, ctx);
         assert.equal(hasLoneSurrogate(op.text), false, `${ctx}: whole characters inserted, no half pair`);
       }
+      text = apply(text, op);
     }
     assert.equal(applyAll(old, ops), next, ctx);
     if (old === next) assert.deepEqual(ops, [], ctx);
+  }
+});
+
+test("diff of typing spread over the text: a local insert rebased on it stays between its words", () => {
+  // two inserts, not one delete of "b" and one insert over the whole span
+  assert.deepEqual(diff("<a><b><c>", "<a><x><b><y><c>"), [insert(4, "x><"), insert(8, "><y")]);
+  assert.deepEqual(diff("a😀b😀c", "a😀xb😀yc"), [insert(3, "x"), insert(7, "y")]);
+  const r = rng(BASE_SEED + 4);
+  for (let round = 0; round < 200; round += 1) {
+    const words = Array.from({ length: 40 }, (_, i) => `<e${r.int(0, 5)}.${i}>`);
+    const old = words.join("");
+    for (let k = 0; k < 5; k += 1) words.splice(r.int(0, words.length), 0, `<e${r.int(0, 5)}.${100 + k}>`);
+    const next = words.join("");
+    const ends = [0, ...[...old].flatMap((ch, i) => (ch === ">" ? [i + 1] : []))];
+    const local = [insert(ends[r.int(0, ends.length - 1)], "<W>")];
+    const [rebased] = transformLists(local, diff(old, next), false);
+    const result = applyAll(next, rebased);
+    const tokens = result.match(/<[^<>]*>/g) ?? [];
+    assert.equal(tokens.join(""), result, `words kept whole: ${result}`);
+    assert.ok(tokens.includes("<W>"), result);
   }
 });
 

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -76,6 +79,31 @@ def test_diff_finds_one_delete_and_one_insert_around_common_ends() -> None:
     assert diff("a😀b", "ab") == [Delete(1, 2)]
     assert diff("😀x😀", "😀y😀") == [Delete(2, 1), Insert(2, "y")]
     assert diff("same", "same") == []
+
+
+def test_diff_of_typing_spread_over_the_text_gives_one_insert_per_place() -> None:
+    # two inserts, not one delete of "b" and one insert over the whole span
+    assert diff("<a><b><c>", "<a><x><b><y><c>") == [Insert(4, "x><"), Insert(8, "><y")]
+    assert diff("a😀b😀c", "a😀xb😀yc") == [Insert(3, "x"), Insert(7, "y")]
+    assert diff("abc", "xbz") == [Delete(0, 3), Insert(0, "xbz")]  # not kept in order
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_a_local_insert_rebased_on_a_resync_diff_stays_between_its_words(seed: int) -> None:
+    """A resync after missed edits: others' words appeared all over the document; the word
+    this client typed meanwhile must land between two words, not inside one of theirs."""
+    r = random.Random(seed)
+    words = [f"<e{r.randrange(6)}.{i}>" for i in range(40)]
+    old = "".join(words)
+    for k in range(5):
+        words.insert(r.randrange(len(words) + 1), f"<e{r.randrange(6)}.{100 + k}>")
+    new = "".join(words)
+    ends = [0] + [i + 1 for i, ch in enumerate(old) if ch == ">"]
+    local = [Insert(r.choice(ends), "<W>")]
+    rebased, _ = transform_lists(local, diff(old, new), ops_win_ties=False)
+    result = apply_all(new, rebased)
+    tokens = re.findall(r"<[^<>]*>", result)
+    assert "".join(tokens) == result and "<W>" in tokens
 
 
 def test_typing_and_backspacing_runs_merge_into_one_op() -> None:

@@ -166,8 +166,14 @@ def _parts_vs_one(parts: list[Op], other: Op, parts_win: bool) -> tuple[list[Op]
 
 
 def diff(old: str, new: str) -> list[Op]:
-    """Operations turning ``old`` into ``new``: at most one delete then one insert,
-    around the longest common prefix and suffix (whole code points, never half a pair)."""
+    """Operations turning ``old`` into ``new`` (whole code points, never half a pair).
+
+    Around the longest common prefix and suffix, the middle is one insert or one delete, or
+    several inserts when the old middle is kept, in order, in the new one: others' typing
+    spread over the document, as a resync after missed edits sees it. Local edits waiting to be
+    sent are rebased on these, so each keeps its place between the characters it was typed
+    between; one delete over the whole changed span would pull them to its start, into the
+    middle of someone else's words. Anything else is one delete then one insert."""
     limit = min(len(old), len(new))
     prefix = 0
     while prefix < limit and old[prefix] == new[prefix]:
@@ -178,11 +184,34 @@ def diff(old: str, new: str) -> list[Op]:
     position = utf16_len(old[:prefix])
     removed = old[prefix : len(old) - suffix]
     inserted = new[prefix : len(new) - suffix]
+    if removed and len(removed) < len(inserted):
+        spread = _interleave(removed, inserted, position)
+        if spread is not None:
+            return spread
     ops: list[Op] = []
     if removed:
         ops.append(Delete(position, utf16_len(removed)))
     if inserted:
         ops.append(Insert(position, inserted))
+    return ops
+
+
+def _interleave(short: str, long: str, position: int) -> list[Op] | None:
+    """When ``short`` is a subsequence of ``long``: the inserts turning it into ``long``, each
+    at its place in the text as the ones before it left it (from ``position``); else ``None``."""
+    ops: list[Op] = []
+    j = 0
+    for ch in short:
+        k = long.find(ch, j)
+        if k < 0:
+            return None
+        if k > j:
+            ops.append(Insert(position, long[j:k]))
+            position += utf16_len(long[j:k])
+        position += utf16_len(ch)
+        j = k + 1
+    if j < len(long):
+        ops.append(Insert(position, long[j:]))
     return ops
 
 

@@ -163,7 +163,7 @@ class CommandWorker(Generic[K, S, C]):
     async def disown(self, partition: int, wait_s: float) -> None:
         """Stop consuming a partition, let its batches under way finish (up to ``wait_s``), and
         forget its aggregates: whoever owns it next may change them, so a later ``own`` reloads.
-        Commands fetched but not run are not acked: the next owner gets them again."""
+        Commands fetched but not run are given back: the next owner gets them at once."""
         await tasks.stop([self._loops.pop(partition, None)])
         queue = self._queues.pop(partition, None)
         if queue is not None:
@@ -177,7 +177,10 @@ class CommandWorker(Generic[K, S, C]):
         for k in keys:
             slot = self._slots.pop(k, None)
             if slot is not None:
+                waiting = list(slot.queue)
                 slot.queue.clear()
+                for p in waiting:
+                    await _settle(p.command.nak())
 
     def owned(self) -> list[int]:
         return sorted(p for p in self._queues if p is not None)

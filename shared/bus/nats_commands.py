@@ -1,16 +1,33 @@
-"""Commands over NATS: a durable pull consumer on the work-queue stream that heals itself."""
+"""Commands over NATS: a durable pull consumer on the work-queue stream, pulled continuously.
+
+nats-py's ``fetch`` asks anew for every batch: a no-wait probe, its "no messages" answer and a
+lingering request, each a round trip through the server and a future and timer in the client.
+A partition of a busy stack gets a few commands at a time, so that was most of the cost of
+taking one command and left it waiting for the next request. Here, as the official clients'
+``consume`` does, pull requests stay open at the server with credit: what is buffered plus what
+is asked for never exceeds ``WINDOW``, and a request is topped up when half of it is used, so a
+command is delivered the moment it is stored.
+
+The queue heals itself: a consumer the server lost (a NATS restart, a memory stream gone), a
+409 from the server, or silence longer than three heartbeats while asking re-creates the
+consumer (and, if need be, the stream) and asks again. Closing the queue gives back the
+commands it holds but has not handed out, so the next owner of the partition gets them at once
+instead of after the ack wait.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from collections import deque
 from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig, Header
 
 from shared import subjects
 from shared.bus.port import Command
@@ -22,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["CommandQueue"]
 
 log = get_logger(__name__)
+
+_BROKEN = (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError)
 
 
 class _Command:
@@ -45,56 +64,150 @@ class _Command:
 
 
 class CommandQueue:
-    """A durable pull consumer that heals itself: if the consumer or its stream disappears (a
-    memory stream after a NATS restart), fetching re-creates them with the same configuration."""
+    """A durable pull consumer of ``subjects_`` (``Bus.commands`` over NATS)."""
+
+    WINDOW = 512  # most commands buffered here or asked for
+    CHUNK = 256  # commands per pull request
+    EXPIRES_S = 10.0  # a pull request's life at the server when the partition is quiet
+    HEARTBEAT_S = 1.0  # the server's idle heartbeat while a request waits
 
     def __init__(self, bus: NatsBus, subjects_: str, durable: str) -> None:
         self.bus = bus
         self.subjects = subjects_
         self.durable = durable
+        self.stream = subjects.command_stream(subjects_)
         self.config = ConsumerConfig(
-            ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_ack_pending=4096
+            durable_name=durable,
+            filter_subject=subjects_,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=30.0,
+            max_ack_pending=4096,
         )
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._sub: Subscription | None = None
+        self._inbox = ""
+        self._buffer: deque[Msg] = deque()
+        self._ready = asyncio.Event()
+        self._asked: deque[int] = deque()  # what each pull request in flight still owes
+        self._heard = 0.0  # when the server last sent anything on this queue
+        self._broken = False
+        self._generation = 0  # which subscription is the current one
 
-    async def _open(self) -> JetStreamContext.PullSubscription:
-        if self._sub is None:
-            self._sub = await self.bus.js.pull_subscribe(
-                self.subjects,
-                durable=self.durable,
-                stream=subjects.command_stream(self.subjects),
-                config=self.config,
-            )
-        return self._sub
-
-    async def fetch(self, batch: int, timeout: float) -> list[Command]:
+    # --- the consumer --------------------------------------------------------------------
+    async def _open(self) -> None:
+        if self._sub is not None and not self._broken:
+            return
+        await self._drop()
         try:
-            sub = await self._open()
-            return [_Command(m) for m in await sub.fetch(batch, timeout=timeout)]
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            log.warning("consumer fetch failed; re-creating", extra={"error": repr(exc)})
-            await asyncio.sleep(0.5)  # back off while NATS settles
-            await self._heal()
-            return []
-
-    async def _heal(self) -> None:
-        try:
+            await self.bus.js.add_consumer(self.stream, self.config)
+        except nats.js.errors.NotFoundError:  # the stream itself is gone (memory, restart)
             await self.bus.restore_streams()
-            await self.close()
+            await self.bus.js.add_consumer(self.stream, self.config)
+        self._inbox = self.bus.nc.new_inbox()
+        self._generation += 1
+        generation = self._generation
+
+        async def take(msg: Msg) -> None:
+            await self._take(msg, generation == self._generation)
+
+        self._sub = await self.bus.nc.subscribe(self._inbox, cb=take)
+        self._broken = False
+        self._heard = asyncio.get_running_loop().time()
+        await self._pull()
+
+    async def _drop(self) -> None:
+        """Stop listening; what the old requests still deliver goes nowhere and comes back
+        after the ack wait, what is buffered is handed out as usual."""
+        sub, self._sub = self._sub, None
+        self._asked.clear()
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _pull(self) -> None:
+        """Ask for more while what is buffered and asked for stays within ``WINDOW``."""
+        if self._sub is None or self._broken:
+            return
+        room = self.WINDOW - len(self._buffer) - sum(self._asked)
+        api = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
+        while room >= self.CHUNK // 2 or (room > 0 and not self._asked):
+            n = min(self.CHUNK, room)
+            request = {
+                "batch": n,
+                "expires": int(self.EXPIRES_S * 1e9),
+                "idle_heartbeat": int(self.HEARTBEAT_S * 1e9),
+            }
+            await self.bus.nc.publish(api, json.dumps(request).encode(), reply=self._inbox)
+            self._asked.append(n)
+            room -= n
+
+    async def _take(self, msg: Msg, latest: bool) -> None:
+        current = latest and not self._broken
+        if msg.reply:  # a command: hand it out, whichever request brought it
+            self._buffer.append(msg)
+            self._ready.set()
+            if current and self._asked:  # requests are served in the order they were made
+                self._asked[0] -= 1
+                if not self._asked[0]:
+                    self._asked.popleft()
+        if not current:
+            return  # a status for a request being replaced
+        self._heard = asyncio.get_running_loop().time()
+        if msg.reply:
+            return
+        status = (msg.headers or {}).get(Header.STATUS, "")
+        if status == "100" or status == "404":
+            return  # an idle heartbeat: the request is alive
+        if status == "408":  # a request expired (they expire in the order they were made)
+            if self._asked:
+                self._asked.popleft()
+            await self._pull()
+            return
+        # 409 (consumer deleted, leadership change, too many waiting) and anything unexpected
+        log.warning(
+            "command consumer interrupted; re-creating",
+            extra={"status": status, "durable": self.durable},
+        )
+        self._broken = True
+        self._ready.set()  # wake the reader: it re-creates the consumer
+
+    # --- the reader's side ---------------------------------------------------------------
+    async def fetch(self, batch: int, timeout: float) -> list[Command]:
+        """Up to ``batch`` commands, waiting up to ``timeout`` for the first."""
+        try:
             await self._open()
-        except Exception as exc:  # NATS still away: the next fetch tries again
-            log.warning("consumer not re-created yet", extra={"error": repr(exc)})
+        except _BROKEN as exc:
+            log.warning("command consumer not re-created yet", extra={"error": repr(exc)})
+            self._broken = True
+            await asyncio.sleep(0.5)  # back off while NATS settles
+            return []
+        if not self._buffer:
+            self._ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), timeout)
+        if not self._buffer:
+            quiet = asyncio.get_running_loop().time() - self._heard > 3 * self.HEARTBEAT_S
+            if quiet and self._asked:  # asking, yet not even a heartbeat: the request is lost
+                log.warning("command consumer silent; re-creating", extra={"d": self.durable})
+                self._broken = True
+            return []
+        n = min(batch, len(self._buffer))
+        out: list[Command] = [_Command(self._buffer.popleft()) for _ in range(n)]
+        with contextlib.suppress(*_BROKEN):
+            await self._pull()
+        return out
 
     async def pending(self) -> int:
-        if self._sub is None:
-            return 0
-        info = await self._sub.consumer_info()
-        return int(info.num_pending or 0)
+        try:
+            info = await self.bus.js.consumer_info(self.stream, self.durable)
+        except _BROKEN:
+            return len(self._buffer)
+        return int(info.num_pending or 0) + len(self._buffer)
 
     async def close(self) -> None:
-        if self._sub is not None:
+        """Stop asking and give back what was taken but not handed out (the next owner gets
+        it at once)."""
+        await self._drop()
+        held, self._buffer = list(self._buffer), deque()
+        for msg in held:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+                await msg.nak()

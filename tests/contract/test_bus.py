@@ -174,6 +174,33 @@ async def test_commands_are_delivered_once_and_removed_when_acked(kit: Any) -> N
         await queue.close()
 
 
+async def test_a_closed_queue_gives_its_untaken_commands_to_the_next_consumer_at_once(
+    kit: Any,
+) -> None:
+    """A partition changing owner: what the old owner held but had not handed out reaches the
+    new one now, not after the ack wait (30 s); what it handed out stays its own to settle."""
+    bus, _ = kit
+    old = bus.commands("ag.cmd.chat.>", "chat-test")
+    new = bus.commands("ag.cmd.chat.>", "chat-test")
+    try:
+        for i in range(4):
+            await bus.submit("ag.cmd.chat.r", str(i).encode())
+        first = await old.fetch(1, T(2))
+        assert [c.data for c in first] == [b"0"]
+        await old.close()
+        got: list[Any] = []
+        deadline = time.monotonic() + T(3)
+        while len(got) < 3 and time.monotonic() < deadline:
+            got += await new.fetch(10, 0.2)
+        assert sorted(c.data for c in got) == [b"1", b"2", b"3"]
+        for c in [*first, *got]:
+            await c.ack()
+        assert await new.fetch(10, 0.3) == []
+    finally:
+        await old.close()
+        await new.close()
+
+
 async def test_a_chain_appends_in_order_each_expecting_the_one_before(kit: Any) -> None:
     bus, _ = kit
     first = await bus.append(subject(1), b"a", msg_id="c-a")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -31,6 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, Header
 
 from shared import subjects
 from shared.bus.port import Command
+from shared.bus.pull import top_up
 from shared.logs import get_logger
 
 if TYPE_CHECKING:
@@ -127,18 +127,16 @@ class CommandQueue:
         """Ask for more while what is buffered and asked for stays within ``WINDOW``."""
         if self._sub is None or self._broken:
             return
-        room = self.WINDOW - len(self._buffer) - sum(self._asked)
         api = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
-        while room >= self.CHUNK // 2 or (room > 0 and not self._asked):
-            n = min(self.CHUNK, room)
-            request = {
-                "batch": n,
-                "expires": int(self.EXPIRES_S * 1e9),
-                "idle_heartbeat": int(self.HEARTBEAT_S * 1e9),
-            }
-            await self.bus.nc.publish(api, json.dumps(request).encode(), reply=self._inbox)
-            self._asked.append(n)
-            room -= n
+        for request in top_up(
+            self._asked,
+            len(self._buffer),
+            window=self.WINDOW,
+            chunk=self.CHUNK,
+            expires_s=self.EXPIRES_S,
+            heartbeat_s=self.HEARTBEAT_S,
+        ):
+            await self.bus.nc.publish(api, request, reply=self._inbox)
 
     async def _take(self, msg: Msg, latest: bool) -> None:
         current = latest and not self._broken

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from shared import subjects
 from shared.bus import wire
 from shared.bus.port import Entry
+from shared.bus.pull import top_up
 from shared.logs import get_logger
 
 if TYPE_CHECKING:
@@ -238,18 +238,16 @@ class Tail:
         link = self._link
         if link is None or self._broken:
             return
-        room = self.WINDOW - len(self._buffer) - sum(self._asked)
         api = f"$JS.API.CONSUMER.MSG.NEXT.{subjects.EVENTS_STREAM}.{self._consumer}"
-        while room >= self.CHUNK // 2 or (room > 0 and not self._asked):
-            n = min(self.CHUNK, room)
-            request = {
-                "batch": n,
-                "expires": int(self.EXPIRES_S * 1e9),
-                "idle_heartbeat": int(self.HEARTBEAT_S * 1e9),
-            }
-            link.publish(api, link.inbox, json.dumps(request).encode())
-            self._asked.append(n)
-            room -= n
+        for request in top_up(
+            self._asked,
+            len(self._buffer),
+            window=self.WINDOW,
+            chunk=self.CHUNK,
+            expires_s=self.EXPIRES_S,
+            heartbeat_s=self.HEARTBEAT_S,
+        ):
+            link.publish(api, link.inbox, request)
 
     async def _watchdog(self) -> None:
         loop = asyncio.get_running_loop()

@@ -30,7 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, Header
 
 from shared import subjects
 from shared.bus.port import Command
-from shared.bus.pull import top_up
+from shared.bus.pull import Credit
 from shared.logs import get_logger
 
 if TYPE_CHECKING:
@@ -66,10 +66,9 @@ class _Command:
 class CommandQueue:
     """A durable pull consumer of ``subjects_`` (``Bus.commands`` over NATS)."""
 
-    WINDOW = 512  # most commands buffered here or asked for
-    CHUNK = 256  # commands per pull request
-    EXPIRES_S = 10.0  # a pull request's life at the server when the partition is quiet
     HEARTBEAT_S = 1.0  # the server's idle heartbeat while a request waits
+    # up to 512 commands buffered or asked for; a request lives 10 s when the partition is quiet
+    CREDIT = Credit(window=512, chunk=256, expires_s=10.0, heartbeat_s=HEARTBEAT_S)
 
     def __init__(self, bus: NatsBus, subjects_: str, durable: str) -> None:
         self.bus = bus
@@ -124,18 +123,11 @@ class CommandQueue:
                 await sub.unsubscribe()
 
     async def _pull(self) -> None:
-        """Ask for more while what is buffered and asked for stays within ``WINDOW``."""
+        """Ask for more while what is buffered and asked for stays within the credit window."""
         if self._sub is None or self._broken:
             return
         api = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
-        for request in top_up(
-            self._asked,
-            len(self._buffer),
-            window=self.WINDOW,
-            chunk=self.CHUNK,
-            expires_s=self.EXPIRES_S,
-            heartbeat_s=self.HEARTBEAT_S,
-        ):
+        for request in self.CREDIT.top_up(self._asked, len(self._buffer)):
             await self.bus.nc.publish(api, request, reply=self._inbox)
 
     async def _take(self, msg: Msg, latest: bool) -> None:

@@ -6,7 +6,7 @@ nats-py's per-message object, header parse and future: 412k messages a second ag
 nats-py's pull ``fetch`` in the same run (``atomic-guide bench analytics``, 1M events). What
 the link carries is only the tail's inbox and its pull requests.
 
-Credit, not flow control: pull requests in flight plus what is buffered never exceed ``WINDOW``
+Credit, not flow control: pull requests in flight plus what is buffered never exceed the window
 messages, so memory stays bounded however far behind the reader is, and nothing is dropped
 (nats-py's ordered push consumer lost 16% of a 1M backlog when its reader fell behind). Every
 message's delivery sequence must follow the last one; a gap, a consumer the server lost (a NATS
@@ -31,7 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from shared import subjects
 from shared.bus import wire
 from shared.bus.port import Entry
-from shared.bus.pull import top_up
+from shared.bus.pull import Credit
 from shared.logs import get_logger
 
 if TYPE_CHECKING:
@@ -162,10 +162,9 @@ class WireLink(asyncio.Protocol):
 class Tail:
     """Every entry on ``subjects`` from ``start`` on, in order (``Bus.tail`` over NATS)."""
 
-    WINDOW = 50_000  # most messages buffered or asked for
-    CHUNK = 10_000  # messages per pull request
-    EXPIRES_S = 30.0  # a pull request's life at the server when the log is quiet
     HEARTBEAT_S = 1.0  # the server's idle heartbeat while a request waits
+    # up to 50,000 messages buffered or asked for; a request lives 30 s when the log is quiet
+    CREDIT = Credit(window=50_000, chunk=10_000, expires_s=30.0, heartbeat_s=HEARTBEAT_S)
 
     def __init__(self, bus: NatsBus, subjects_: str, start: int, name: str | None) -> None:
         self.bus = bus
@@ -234,19 +233,12 @@ class Tail:
                 await self.bus.js.delete_consumer(subjects.EVENTS_STREAM, self._consumer)
 
     def _pull(self) -> None:
-        """Ask for more while what is buffered and asked for stays within ``WINDOW``."""
+        """Ask for more while what is buffered and asked for stays within the credit window."""
         link = self._link
         if link is None or self._broken:
             return
         api = f"$JS.API.CONSUMER.MSG.NEXT.{subjects.EVENTS_STREAM}.{self._consumer}"
-        for request in top_up(
-            self._asked,
-            len(self._buffer),
-            window=self.WINDOW,
-            chunk=self.CHUNK,
-            expires_s=self.EXPIRES_S,
-            heartbeat_s=self.HEARTBEAT_S,
-        ):
+        for request in self.CREDIT.top_up(self._asked, len(self._buffer)):
             link.publish(api, link.inbox, request)
 
     async def _watchdog(self) -> None:

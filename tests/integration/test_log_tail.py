@@ -4,6 +4,7 @@ server forgets its consumer or the delivery sequence skips."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -25,8 +26,8 @@ def bus(nats_bus: NatsBus) -> NatsBus:
 @pytest.fixture(autouse=True)
 def small_window(monkeypatch: pytest.MonkeyPatch) -> None:
     # a backlog many windows long, without writing a million events
-    monkeypatch.setattr(Tail, "WINDOW", 100)
-    monkeypatch.setattr(Tail, "CHUNK", 30)
+    small = dataclasses.replace(Tail.CREDIT, window=100, chunk=30)
+    monkeypatch.setattr(Tail, "CREDIT", small)
 
 
 async def fill(bus: NatsBus, n: int, first: int = 0) -> None:
@@ -44,7 +45,7 @@ async def drain(tail: Tail, n: int, batch: int = 37) -> list[Entry]:
     async with asyncio.timeout(T(30)):
         while len(got) < n:
             got.extend(await tail.fetch(batch, T(2)))
-            assert len(tail._buffer) + sum(tail._asked) <= Tail.WINDOW
+            assert len(tail._buffer) + sum(tail._asked) <= Tail.CREDIT.window
     return got
 
 

@@ -121,8 +121,18 @@ class Supervisor:
         self.stopping = False
         # Each backend serves Prometheus metrics on a port of its own (the gateway at /metrics).
         host = env.get("AG_GATEWAY_HOST", "127.0.0.1")
-        self.metrics_ports = {n: _free_port(host) for n in self.children if n != "nats"}
-        self.metrics_ports.pop("gateway", None)
+        # A port free now may be the one the gateway binds a moment later: never hand that one
+        # (or one twice) to a metrics server.
+        taken = {int(env.get("AG_GATEWAY_PORT", "0") or 0)}
+        self.metrics_ports: dict[str, int] = {}
+        for n in self.children:
+            if n in ("nats", "gateway"):
+                continue
+            port = _free_port(host)
+            while port in taken:
+                port = _free_port(host)
+            taken.add(port)
+            self.metrics_ports[n] = port
 
     def _service_starter(self, name: str) -> Callable[[], subprocess.Popen[bytes]]:
         def start() -> subprocess.Popen[bytes]:

@@ -30,7 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, Header
 
 from shared import subjects
 from shared.bus.port import Command
-from shared.bus.pull import Credit
+from shared.bus.pull import Credit, Requests
 from shared.logs import get_logger
 
 if TYPE_CHECKING:
@@ -66,9 +66,8 @@ class _Command:
 class CommandQueue:
     """A durable pull consumer of ``subjects_`` (``Bus.commands`` over NATS)."""
 
-    HEARTBEAT_S = 1.0  # the server's idle heartbeat while a request waits
     # up to 512 commands buffered or asked for; a request lives 10 s when the partition is quiet
-    CREDIT = Credit(window=512, chunk=256, expires_s=10.0, heartbeat_s=HEARTBEAT_S)
+    CREDIT = Credit(window=512, chunk=256, expires_s=10.0, heartbeat_s=1.0)
 
     def __init__(self, bus: NatsBus, subjects_: str, durable: str) -> None:
         self.bus = bus
@@ -86,7 +85,7 @@ class CommandQueue:
         self._inbox = ""
         self._buffer: deque[Msg] = deque()
         self._ready = asyncio.Event()
-        self._asked: deque[int] = deque()  # what each pull request in flight still owes
+        self._asked = Requests(self.CREDIT)
         self._heard = 0.0  # when the server last sent anything on this queue
         self._broken = False
         self._generation = 0  # which subscription is the current one
@@ -127,7 +126,7 @@ class CommandQueue:
         if self._sub is None or self._broken:
             return
         api = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
-        for request in self.CREDIT.top_up(self._asked, len(self._buffer)):
+        for request in self._asked.top_up(len(self._buffer)):
             await self.bus.nc.publish(api, request, reply=self._inbox)
 
     async def _take(self, msg: Msg, latest: bool) -> None:
@@ -135,24 +134,17 @@ class CommandQueue:
         if msg.reply:  # a command: hand it out, whichever request brought it
             self._buffer.append(msg)
             self._ready.set()
-            if current and self._asked:  # requests are served in the order they were made
-                self._asked[0] -= 1
-                if not self._asked[0]:
-                    self._asked.popleft()
+            if current:
+                self._asked.served(1)
         if not current:
             return  # a status for a request being replaced
         self._heard = asyncio.get_running_loop().time()
         if msg.reply:
             return
         status = (msg.headers or {}).get(Header.STATUS, "")
-        if status == "100" or status == "404":
-            return  # an idle heartbeat: the request is alive
-        if status == "408":  # a request expired (they expire in the order they were made)
-            if self._asked:
-                self._asked.popleft()
-            await self._pull()
+        if self._asked.status(status):
+            await self._pull()  # a request may have expired
             return
-        # 409 (consumer deleted, leadership change, too many waiting) and anything unexpected
         log.warning(
             "command consumer interrupted; re-creating",
             extra={"status": status, "durable": self.durable},
@@ -175,7 +167,7 @@ class CommandQueue:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), timeout)
         if not self._buffer:
-            quiet = asyncio.get_running_loop().time() - self._heard > 3 * self.HEARTBEAT_S
+            quiet = asyncio.get_running_loop().time() - self._heard > 3 * self.CREDIT.heartbeat_s
             if quiet and self._asked:  # asking, yet not even a heartbeat: the request is lost
                 log.warning("command consumer silent; re-creating", extra={"d": self.durable})
                 self._broken = True

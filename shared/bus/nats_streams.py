@@ -132,13 +132,15 @@ async def ensure_streams(
     except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
         await js.create_key_value(kv)
     else:
-        if not update:
-            return
-        # the bucket's TTL is the lease time the workers renew against: keep it in step
-        info = await js.stream_info("KV_" + subjects.LEASES_BUCKET)
-        if info.config.max_age != lease_s:
-            info.config.max_age = lease_s
-            await js.update_stream(info.config)
+        if update:  # the bucket's TTL is the lease time the workers renew against: keep it in step
+            await _lease_ttl(js, lease_s)
+
+
+async def _lease_ttl(js: JetStreamContext, lease_s: float) -> None:
+    info = await js.stream_info("KV_" + subjects.LEASES_BUCKET)
+    if info.config.max_age != lease_s:
+        info.config.max_age = lease_s
+        await js.update_stream(info.config)
 
 
 async def describe_streams(js: JetStreamContext) -> list[dict[str, Any]]:

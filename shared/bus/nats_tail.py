@@ -31,7 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from shared import subjects
 from shared.bus import wire
 from shared.bus.port import Entry
-from shared.bus.pull import Credit
+from shared.bus.pull import Credit, Requests
 from shared.logs import get_logger
 
 if TYPE_CHECKING:
@@ -162,9 +162,8 @@ class WireLink(asyncio.Protocol):
 class Tail:
     """Every entry on ``subjects`` from ``start`` on, in order (``Bus.tail`` over NATS)."""
 
-    HEARTBEAT_S = 1.0  # the server's idle heartbeat while a request waits
     # up to 50,000 messages buffered or asked for; a request lives 30 s when the log is quiet
-    CREDIT = Credit(window=50_000, chunk=10_000, expires_s=30.0, heartbeat_s=HEARTBEAT_S)
+    CREDIT = Credit(window=50_000, chunk=10_000, expires_s=30.0, heartbeat_s=1.0)
 
     def __init__(self, bus: NatsBus, subjects_: str, start: int, name: str | None) -> None:
         self.bus = bus
@@ -177,7 +176,7 @@ class Tail:
         self._link: WireLink | None = None
         self._consumer = ""
         self._dseq = 0  # the consumer's delivery sequence of the last message
-        self._asked: deque[int] = deque()  # what each pull request in flight still owes
+        self._asked = Requests(self.CREDIT)
         self._pending = 0  # what the last message said was still behind it
         self._heard = 0.0  # when the server last sent anything on this tail
         self._broken = False
@@ -238,14 +237,15 @@ class Tail:
         if link is None or self._broken:
             return
         api = f"$JS.API.CONSUMER.MSG.NEXT.{subjects.EVENTS_STREAM}.{self._consumer}"
-        for request in self.CREDIT.top_up(self._asked, len(self._buffer)):
+        for request in self._asked.top_up(len(self._buffer)):
             link.publish(api, link.inbox, request)
 
     async def _watchdog(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._closed:
-            await asyncio.sleep(self.HEARTBEAT_S)
-            quiet = loop.time() - self._heard > 3 * self.HEARTBEAT_S
+            beat = self.CREDIT.heartbeat_s
+            await asyncio.sleep(beat)
+            quiet = loop.time() - self._heard > 3 * beat
             if quiet and self._asked:  # asking, yet not even a heartbeat: the request is lost
                 self._broken = True
             link = self._link
@@ -286,13 +286,7 @@ class Tail:
             self._broken = True
             return
         self._dseq, self._pending = last[1], last[2]
-        n, asked = len(msgs), self._asked
-        while n and asked:  # the requests are served in the order they were made
-            used = min(n, asked[0])
-            n -= used
-            asked[0] -= used
-            if not asked[0]:
-                asked.popleft()
+        self._asked.served(len(msgs))
         names, buffer, seen = self._names, self._buffer, self._seen
         for m in msgs:
             seq = int(m.reply.split(b".", cut)[at])
@@ -310,16 +304,9 @@ class Tail:
 
     def _status(self, msg: wire.Msg) -> None:
         status = wire.status_of(msg.headers)
-        if status == "100":
-            return  # idle heartbeat: the consumer is alive
-        if status == "408":  # a request expired (they expire in the order they were made)
-            if self._asked:
-                self._asked.popleft()
-            self._pull()
+        if self._asked.status(status):
+            self._pull()  # a request may have expired
             return
-        if status == "404":
-            return
-        # 409 (consumer deleted, leadership change, too many waiting) and anything unexpected
         log.warning(
             "log tail interrupted; re-creating",
             extra={"status": status, "why": msg.headers[:120].decode(errors="replace")},

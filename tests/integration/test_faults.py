@@ -35,6 +35,7 @@ from shared.schemas.events import ChatMessagePosted, EditApplied
 from tests.conftest import T
 from tests.helpers import ROOT, token
 from tests.integration.load_support import ChatLoad, Editors
+from tests.integration.sdk_support import until
 from tests.integration.up_support import UpStack
 
 pytestmark = pytest.mark.integration
@@ -170,13 +171,6 @@ def _seq_of(messages: list[ChatMessagePosted], cid: str) -> int:
     return next(m.seq for m in messages if m.clientId == cid)
 
 
-async def _versions_reach(editors: Editors, version: int, what: str) -> None:
-    deadline = time.monotonic() + T(30)
-    while min(c.version for c in editors.clients) < version:
-        assert time.monotonic() < deadline, f"{what}: {[c.version for c in editors.clients]}"
-        await asyncio.sleep(0.05)  # polling the clients' documents
-
-
 @pytest.mark.parametrize("typed_before", [300, 600, 900])
 async def test_fast_editors_keep_every_word_through_a_collaboration_crash(
     tmp_path: Path, typed_before: int
@@ -189,11 +183,13 @@ async def test_fast_editors_keep_every_word_through_a_collaboration_crash(
     try:
         editors = Editors(stack.url("/api/collaboration/ws"), ROOM, SESSION, editors=6, pause=0.01)
         await editors.start()
-        await _versions_reach(editors, typed_before, "typing before the crash")
+        clients = editors.clients
+        await until(lambda: all(c.version >= typed_before for c in clients), 30, "typing")
         old = stack.kill("collaboration")
         await asyncio.to_thread(stack.wait_restarted, "collaboration", old)
-        restarted_at = max(c.version for c in editors.clients)
-        await _versions_reach(editors, restarted_at + 600, "typing after the restart")
+        restarted_at = max(c.version for c in clients)
+        back = restarted_at + 600
+        await until(lambda: all(c.version >= back for c in clients), 30, "typing after it")
         content, docs = await editors.finish()
         assert docs == [content] * 6
         assert [w for w in editors.typed if w not in content] == []

@@ -45,7 +45,7 @@ async def drain(tail: Tail, n: int, batch: int = 37) -> list[Entry]:
     async with asyncio.timeout(T(30)):
         while len(got) < n:
             got.extend(await tail.fetch(batch, T(2)))
-            assert len(tail._buffer) + sum(tail._asked) <= Tail.CREDIT.window
+            assert len(tail._buffer) + tail._asked.owed() <= Tail.CREDIT.window
     return got
 
 

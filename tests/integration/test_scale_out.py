@@ -10,6 +10,7 @@ messages once, in ``seq`` order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections import Counter
@@ -36,6 +37,7 @@ from tests.helpers import (
 )
 from tests.integration.load_support import ChatLoad, Editors, Progress
 from tests.integration.scale_support import spread, start_worker, start_workers
+from tests.integration.sdk_support import poll
 
 ROOMS = 50
 RATE = 2.0  # messages per second per room
@@ -294,15 +296,20 @@ async def test_collaboration_presence_after_a_worker_is_killed_has_no_zombies(
 async def _logged_presence(nc: Any, subject: str, want: dict[str, str]) -> dict[str, str]:
     """Each user's last presence event in the log, once it says ``want`` (or the deadline):
     the owner logs presence in the background, so the log may trail the broadcast a little."""
-    deadline = time.monotonic() + T(10)
-    while True:
-        last: dict[str, str] = {}
+
+    async def last() -> dict[str, str]:
+        state: dict[str, str] = {}
         for e in await log_entries(nc, subject):
             ev = decode_logged(e.data, e.seq, e.subject, "test")
             if isinstance(ev, UserJoined | ParticipantJoined):
-                last[ev.userId] = "joined"
+                state[ev.userId] = "joined"
             elif isinstance(ev, UserLeft | ParticipantLeft):
-                last[ev.userId] = "left"
-        if last == want or time.monotonic() > deadline:
-            return last
-        await asyncio.sleep(0.1)  # polling the log for the pipe's append
+                state[ev.userId] = "left"
+        return state
+
+    async def settled() -> bool:
+        return await last() == want
+
+    with contextlib.suppress(TimeoutError):  # the assertion after shows what it said instead
+        await poll(settled, 10, "the log to show the presence")
+    return await last()

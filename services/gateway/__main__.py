@@ -40,6 +40,9 @@ def build_server(settings: Settings) -> _Server:
         ws_per_message_deflate=settings.ws_compression,
         ws_ping_interval=settings.ping_interval_s,
         ws_ping_timeout=settings.ping_timeout_s,
+        # The gate alone decides the client IP (AG_TRUSTED_PROXIES); uvicorn's rewrite would
+        # believe any X-Forwarded-For from 127.0.0.1, and costs a middleware frame per socket.
+        proxy_headers=False,
         lifespan="on",
         log_config=None,
         access_log=False,

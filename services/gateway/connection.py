@@ -274,6 +274,8 @@ class Conn:
                 then()
         if self._replies is replies:
             self._replies = None
+        if self._pump_task is asyncio.current_task():
+            self._pump_task = None  # a done task is ~0.3 KB that an idle socket need not keep
 
     async def _writer(self) -> None:
         out = self._out
@@ -299,6 +301,8 @@ class Conn:
         finally:
             if self._out is out and not out:
                 self._out = None
+            if self._writer_task is asyncio.current_task():
+                self._writer_task = None
             if self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
 

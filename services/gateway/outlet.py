@@ -133,6 +133,21 @@ class OutletProtocol(WebSocketsSansIOProtocol):
         self.writable = _LeanEvent()  # type: ignore[assignment]
         self.writable.set()
 
+    def start_keepalive(self) -> None:
+        # uvicorn calls this right after the 101 response is written: the handshake is over.
+        super().start_keepalive()
+        self._release_handshake()
+
+    def _release_handshake(self) -> None:
+        """Let go of the handshake: uvicorn keeps its request and response, and the parser's
+        generator frame keeps the request, for the socket's whole life (~3 KB of headers and the
+        token-bearing path on every idle connection)."""
+        request: Request | None = getattr(self, "request", None)
+        if request is not None:
+            request.headers.clear()
+            request.path = ""
+        self.request = self.response = None  # type: ignore[assignment]
+
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)

@@ -20,6 +20,7 @@ from litestar.exceptions import WebSocketDisconnect
 
 from services.gateway import metrics
 from services.gateway.connection import Authed, Conn, ConnState, Reply, ReplyLike
+from services.gateway.expiry import Expiries
 from services.gateway.outlet import Flusher, outlet_of
 from shared.auth import AuthFailure, Identity, TokenVerifier
 from shared.config import Settings
@@ -104,6 +105,7 @@ class SessionRunner:
         self.verifier = verifier
         self.conns = conns  # every open connection of this gateway (drained on shutdown)
         self.flusher = Flusher()
+        self.expiries: Expiries[Conn] = Expiries(_expire)  # one timer for every socket's token
 
     async def run(self, socket: WebSocket[Any, Any, Any], endpoint: Endpoint, peer: str) -> None:
         await socket.accept()
@@ -132,12 +134,12 @@ class SessionRunner:
                     lastSeq=_parse_last_seq(params.get("lastSeq")),
                 )
                 try:
-                    await self._authenticate(conn, endpoint, state, auth)
+                    await self._authenticate(conn, endpoint, auth)
                 except Refusal as exc:
                     self._refuse_now(conn, exc)
             await self._loop(socket, conn, endpoint, state)
         finally:
-            state.cancel_expiry()
+            self.expiries.discard(conn)
             if conn.authed is not None:  # on_open ran (maybe not to its end): undo what it did
                 try:
                     await endpoint.on_close(conn.authed)
@@ -166,9 +168,12 @@ class SessionRunner:
         deadline = loop.time() + self.settings.auth_timeout_s
         while True:
             waiting = conn.state is ConnState.AUTHENTICATING
-            timeout = max(deadline - loop.time(), 0) if waiting else None
             try:
-                event = await asyncio.wait_for(socket.receive(), timeout)
+                if waiting:
+                    timeout = max(deadline - loop.time(), 0)
+                    event = await asyncio.wait_for(socket.receive(), timeout)
+                else:  # no wait_for coroutine parked on every idle socket (~0.5 KB each)
+                    event = await socket.receive()
             except TimeoutError:
                 self._refuse_now(conn, AuthTimeout("no auth frame in time"))
                 deadline = float("inf")
@@ -245,7 +250,7 @@ class SessionRunner:
                 await conn.reply(error_text(again, frame.id))
                 return
             try:
-                await self._authenticate(conn, endpoint, state, frame.data)
+                await self._authenticate(conn, endpoint, frame.data)
             except Refusal as exc:
                 raise _Refused(exc, frame.id) from None
             return
@@ -253,7 +258,7 @@ class SessionRunner:
             await conn.reply(error_text(Unauthenticated("send auth first"), frame.id))
             return
         if frame.type == "refresh":
-            await conn.reply(self._refresh(authed, endpoint, state, frame))
+            await conn.reply(self._refresh(authed, endpoint, frame))
             return
         await conn.reply(dispatch(endpoint, authed, frame))
 
@@ -278,9 +283,7 @@ class SessionRunner:
             metrics.AUTH_FAILURES.labels(exc.reason).inc()
             raise BadToken(exc.message, {"reason": exc.reason}) from None
 
-    async def _authenticate(
-        self, conn: Conn, endpoint: Endpoint, state: _Limits, auth: AuthData
-    ) -> None:
+    async def _authenticate(self, conn: Conn, endpoint: Endpoint, auth: AuthData) -> None:
         try:
             identity = self._verify(auth.token)
         except BadToken as exc:
@@ -298,12 +301,10 @@ class SessionRunner:
             metrics.AUTH_FAILURES.labels("role").inc()
             raise NotAllowedHere("role not allowed on this endpoint")
         authed = conn.open(identity, context_id)
-        state.schedule_expiry(authed)
+        self.expiries.set(conn, identity.expires_at)
         await endpoint.on_open(authed, auth.lastSeq)
 
-    def _refresh(
-        self, authed: Authed, endpoint: Endpoint, state: _Limits, frame: ClientFrame
-    ) -> str:
+    def _refresh(self, authed: Authed, endpoint: Endpoint, frame: ClientFrame) -> str:
         try:
             new = self._verify(frame.data.token)
         except BadToken as exc:
@@ -313,7 +314,7 @@ class SessionRunner:
         if not endpoint.allowed(new):  # e.g. an instructor's socket refreshed with a learner token
             return error_text(Forbidden("role not allowed on this endpoint"), frame.id)
         authed.identity = new
-        state.schedule_expiry(authed)
+        self.expiries.set(authed.conn, new.expires_at)
         expires = RefreshedData(ms_to_ts(int(new.expires_at * 1000)))
         return frame_text("refreshed", expires, id=frame.id)
 
@@ -347,24 +348,15 @@ class _Refused(Exception):
 
 
 class _Limits:
-    """Per-connection limits and timers (kept out of Conn, which is the outbound side)."""
+    """Per-connection limits (kept out of Conn, which is the outbound side)."""
+
+    __slots__ = ("frames", "oversize", "peer_code", "closing")
 
     def __init__(self, settings: Settings) -> None:
         self.frames = SlidingWindow(settings.rate_frames_per_minute)
         self.oversize = SlidingWindow(2)  # the third oversize frame in a minute closes
         self.peer_code: int | None = None
         self.closing = False  # an error that closes was queued: read nothing more
-        self._expiry: asyncio.TimerHandle | None = None
-
-    def schedule_expiry(self, authed: Authed) -> None:
-        self.cancel_expiry()
-        delay = max(authed.identity.expires_at - time.time(), 0)
-        self._expiry = asyncio.get_running_loop().call_later(delay, _expire, authed.conn)
-
-    def cancel_expiry(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
 
 
 def _expire(conn: Conn) -> None:

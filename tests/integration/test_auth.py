@@ -90,6 +90,20 @@ async def test_refresh_extends_the_session_past_the_first_expiry(stack: Stack) -
     assert not [f for f in c.seen if f["type"] == "error"]
 
 
+async def test_one_sockets_refresh_leaves_the_others_expiry_alone(stack: Stack) -> None:
+    """Every socket's expiry is kept under one gateway timer: refiling one must not move another."""
+    a = await Client.connect(stack.url(token=token("a", "c1", ttl=2), contextId="c1"))
+    b = await Client.connect(stack.url(token=token("b", "c1", ttl=2), contextId="c1"))
+    await a.expect("connected")
+    await b.expect("connected")
+    await b.request({"type": "refresh", "id": "r", "token": token("b", "c1", ttl=600)}, "refreshed")
+    err = await a.expect("error", timeout=6)
+    assert err["data"]["code"] == "token_expired"
+    assert await a.closed() == 4401
+    assert (await b.request({"type": "ping", "id": "after"}, "pong"))["id"] == "after"
+    assert b.ws.close_code is None
+
+
 async def test_refresh_for_another_user_or_context_is_forbidden_and_old_token_stays(
     stack: Stack,
 ) -> None:

@@ -259,6 +259,31 @@ async def test_connection_rate_limit_answers_429_before_upgrade(make_stack) -> N
     assert http_status(stack.http("/readyz")) == 200  # plain HTTP does not count
 
 
+async def test_forwarded_for_from_an_untrusted_peer_does_not_dodge_the_connection_limit(
+    make_stack,
+) -> None:
+    """No AG_TRUSTED_PROXIES: the socket's peer is the client IP, whatever X-Forwarded-For says
+    (uvicorn's own proxy-header rewrite, which believes 127.0.0.1, stays off)."""
+    import websockets
+
+    stack = await make_stack(env={"AG_RATE_CONNECTIONS_PER_MINUTE": "3"})
+    for i in range(3):
+        c = await Client.connect(stack.url(), additional_headers={"X-Forwarded-For": f"10.0.0.{i}"})
+        await c.close()
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await Client.connect(stack.url(), additional_headers={"X-Forwarded-For": "10.0.0.9"})
+    assert info.value.response.status_code == 429
+
+
+async def test_forwarded_for_from_a_trusted_proxy_names_the_client(make_stack) -> None:
+    stack = await make_stack(
+        env={"AG_RATE_CONNECTIONS_PER_MINUTE": "3", "AG_TRUSTED_PROXIES": "127.0.0.1"}
+    )
+    for i in range(5):  # five clients behind the proxy, each under its own limit
+        c = await Client.connect(stack.url(), additional_headers={"X-Forwarded-For": f"10.0.0.{i}"})
+        await c.close()
+
+
 async def test_room_broadcast_limit_is_shared_by_all_gateways(make_stack) -> None:
     stack = await make_stack(env={"AG_RATE_BROADCASTS_PER_MINUTE": "4"}, gateways=2)
     c = ctx()

@@ -1,0 +1,113 @@
+"""Token expiries of every socket of a gateway under one timer.
+
+A timer per socket (``loop.call_later``) costs ~0.5 KB of every idle connection. Here sockets are
+filed by the second their token runs out (``ExpiryWheel``, sans-I/O) and one loop timer
+(``Expiries``) fires at the earliest second that has any. A socket is never expired early: its
+second is rounded up, so it goes at most one resolution step after its token's ``exp``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+import time
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+from shared.logs import get_logger
+
+__all__ = ["Expiries", "ExpiryWheel"]
+
+log = get_logger(__name__)
+T = TypeVar("T", bound=Hashable)
+
+
+class ExpiryWheel(Generic[T]):
+    def __init__(self, resolution: float = 1.0) -> None:
+        self.resolution = resolution
+        self._slots: dict[int, set[T]] = {}
+        self._slot_of: dict[T, int] = {}
+        self._order: list[int] = []  # slot keys, a heap; keys of emptied slots linger until popped
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    def file(self, item: T, at: float) -> None:
+        """``item`` expires at ``at`` (seconds), replacing any earlier filing of it."""
+        self.discard(item)
+        key = math.ceil(at / self.resolution)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = set()
+            heapq.heappush(self._order, key)
+        slot.add(item)
+        self._slot_of[item] = key
+
+    def discard(self, item: T) -> None:
+        key = self._slot_of.pop(item, None)
+        if key is None:
+            return
+        slot = self._slots[key]
+        slot.discard(item)
+        if not slot:
+            del self._slots[key]
+
+    def next_at(self) -> float | None:
+        """When the earliest filed item is due, or None if nothing is filed."""
+        order = self._order
+        while order and order[0] not in self._slots:
+            heapq.heappop(order)
+        return order[0] * self.resolution if order else None
+
+    def due(self, now: float) -> list[T]:
+        """Take out every item due at ``now``, earliest first."""
+        out: list[T] = []
+        while (at := self.next_at()) is not None and at <= now:
+            key = heapq.heappop(self._order)
+            for item in self._slots.pop(key):
+                del self._slot_of[item]
+                out.append(item)
+        return out
+
+
+class Expiries(Generic[T]):
+    """The wheel on the running loop: ``on_expire(item)`` for each item whose time came
+    (wall-clock seconds, as a token's ``exp``)."""
+
+    def __init__(self, on_expire: Callable[[T], None], resolution: float = 1.0) -> None:
+        self.wheel: ExpiryWheel[T] = ExpiryWheel(resolution)
+        self._on_expire = on_expire
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    def set(self, item: T, at: float) -> None:
+        self.wheel.file(item, at)
+        self._arm()
+
+    def discard(self, item: T) -> None:
+        self.wheel.discard(item)  # the timer may fire for nothing once; it then re-arms
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+
+    def _arm(self) -> None:
+        at = self.wheel.next_at()
+        if at is None or (self._timer_at is not None and self._timer_at <= at):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(at - time.time(), 0.0)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+        self._timer_at = at
+
+    def _fire(self) -> None:
+        self._timer = self._timer_at = None
+        for item in self.wheel.due(time.time()):
+            try:
+                self._on_expire(item)
+            except Exception:  # one socket's close must not keep the others open
+                log.exception("expiry failed")
+        self._arm()

@@ -111,7 +111,7 @@ async def _open(url: str, marker: bytes, on_text: Callable[[LoadSocket, bytes], 
             ready.set_result(None)
         on_text(sock, payload)
 
-    sock = await open_socket(url, first)
+    sock: LoadSocket = await open_socket(url, first)
     await asyncio.wait_for(ready, 60)
     return sock
 

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import os
 from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 __all__ = ["FrameParser", "LoadSocket", "client_frame", "open_socket"]
@@ -129,9 +130,15 @@ class LoadSocket(asyncio.Protocol):
             self.transport.close()
 
 
+S = TypeVar("S", bound=LoadSocket)
+
+
 async def open_socket(
-    url: str, on_text: Callable[[LoadSocket, bytes], None], timeout: float = 30.0
-) -> LoadSocket:
+    url: str,
+    on_text: Callable[[LoadSocket, bytes], None],
+    timeout: float = 30.0,
+    kind: type[S] = LoadSocket,  # type: ignore[assignment]
+) -> S:
     """Connect and complete the handshake (``ws://`` only: a load generator on loopback)."""
     parts = urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -142,7 +149,7 @@ async def open_socket(
     ).encode()
     loop = asyncio.get_running_loop()
     _, sock = await loop.create_connection(
-        lambda: LoadSocket(request, on_text), parts.hostname or "127.0.0.1", parts.port or 80
+        lambda: kind(request, on_text), parts.hostname or "127.0.0.1", parts.port or 80
     )
     await asyncio.wait_for(sock.opened, timeout)
     return sock

@@ -1,9 +1,9 @@
-"""Token expiries of every socket of a gateway under one timer.
+"""Per-socket deadlines of a whole gateway under one timer (token expiries, keepalive pings).
 
 A timer per socket (``loop.call_later``) costs ~0.5 KB of every idle connection. Here sockets are
-filed by the second their token runs out (``ExpiryWheel``, sans-I/O) and one loop timer
-(``Expiries``) fires at the earliest second that has any. A socket is never expired early: its
-second is rounded up, so it goes at most one resolution step after its token's ``exp``.
+filed by the second their deadline falls in (``ExpiryWheel``, sans-I/O) and one loop timer
+(``Expiries``) fires at the earliest second that has any. Nothing fires early: a deadline's
+second is rounded up, so it fires at most one resolution step late.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from shared.logs import get_logger
 
-__all__ = ["Expiries", "ExpiryWheel"]
+__all__ = ["Expiries", "ExpiryWheel", "Filed"]
 
 log = get_logger(__name__)
 T = TypeVar("T", bound=Hashable)
@@ -72,11 +72,17 @@ class ExpiryWheel(Generic[T]):
 
 
 class Expiries(Generic[T]):
-    """The wheel on the running loop: ``on_expire(item)`` for each item whose time came
-    (wall-clock seconds, as a token's ``exp``)."""
+    """The wheel on the running loop: ``on_expire(item)`` for each item whose time came, by
+    ``clock`` (wall-clock seconds by default, as a token's ``exp``)."""
 
-    def __init__(self, on_expire: Callable[[T], None], resolution: float = 1.0) -> None:
+    def __init__(
+        self,
+        on_expire: Callable[[T], None],
+        resolution: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.wheel: ExpiryWheel[T] = ExpiryWheel(resolution)
+        self.clock = clock
         self._on_expire = on_expire
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -99,15 +105,28 @@ class Expiries(Generic[T]):
             return
         if self._timer is not None:
             self._timer.cancel()
-        delay = max(at - time.time(), 0.0)
+        delay = max(at - self.clock(), 0.0)
         self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
         self._timer_at = at
 
     def _fire(self) -> None:
         self._timer = self._timer_at = None
-        for item in self.wheel.due(time.time()):
+        for item in self.wheel.due(self.clock()):
             try:
                 self._on_expire(item)
             except Exception:  # one socket's close must not keep the others open
                 log.exception("expiry failed")
         self._arm()
+
+
+class Filed:
+    """A timer handle (``cancel()``) for one item of an ``Expiries``."""
+
+    __slots__ = ("_expiries", "_item")
+
+    def __init__(self, expiries: Expiries[Any], item: Hashable) -> None:
+        self._expiries = expiries
+        self._item = item
+
+    def cancel(self) -> None:
+        self._expiries.discard(self._item)

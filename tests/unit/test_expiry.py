@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.gateway.expiry import Expiries, ExpiryWheel
-from tests.helpers import T
+from tests.conftest import T
 
 ops = st.lists(
     st.tuples(

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 
 __all__ = ["format_ts", "parse_ts", "now_ms", "ms_to_ts"]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
 def now_ms() -> int:
-    return int(datetime.now(UTC).timestamp() * 1000)
+    return time.time_ns() // 1_000_000
+
+
+_second: tuple[int, str] = (0, "1970-01-01T00:00:00.")  # the last second formatted
 
 
 def ms_to_ts(ms: int) -> str:
-    dt = datetime.fromtimestamp(ms / 1000, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    # Every frame carries a timestamp: the second is formatted once, not per frame.
+    global _second
+    sec, milli = divmod(ms, 1000)
+    cached, prefix = _second
+    if sec != cached:
+        prefix = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _second = (sec, prefix)
+    return f"{prefix}{milli:03d}Z"
 
 
 def format_ts(dt: datetime) -> str:
@@ -32,4 +46,5 @@ def parse_ts(value: str) -> int:
     dt = datetime.fromisoformat(text)
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
+    # Integer arithmetic: float seconds × 1000 turned .051 into .050 for some instants.
+    return (dt - _EPOCH) // _MS

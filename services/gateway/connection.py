@@ -250,6 +250,7 @@ class Conn:
 
     async def _pump(self) -> None:
         replies = self._replies
+        me = asyncio.current_task()
         while replies:
             fut, then = replies.popleft()
             if self._room is not None and not self._room.done():
@@ -259,8 +260,7 @@ class Conn:
             except Exception:
                 log.exception("reply failed", extra={"connectionId": self.id})
                 result = None
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if me is not None and me.cancelling():
                 # Python 3.11's wait_for can swallow a cancel that lands as its future completes;
                 # honour it here or stop() would wait for this loop forever.
                 raise asyncio.CancelledError
@@ -274,7 +274,7 @@ class Conn:
                 then()
         if self._replies is replies:
             self._replies = None
-        if self._pump_task is asyncio.current_task():
+        if self._pump_task is me:
             self._pump_task = None  # a done task is ~0.3 KB that an idle socket need not keep
 
     async def _writer(self) -> None:

@@ -35,6 +35,7 @@ from nats.js import JetStreamContext
 from shared import subjects
 from shared.bus.chain import chain
 from shared.bus.nats_commands import CommandQueue
+from shared.bus.nats_direct import DirectGets
 from shared.bus.nats_leases import NatsLeases
 from shared.bus.nats_streams import describe_streams, ensure_streams, stream_configs
 from shared.bus.nats_tail import Tail
@@ -64,7 +65,6 @@ log = get_logger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071  # Nats-Expected-Last-Subject-Sequence did not hold
 BATCH_DUPLICATE_ID = 10201  # a Nats-Msg-Id in the batch was already stored
-_DIRECT_GET = "$JS.API.DIRECT.GET.{stream}"
 _GET_BATCH = 256  # entries per batched direct get
 _BROKEN = (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError)
 
@@ -183,6 +183,7 @@ class NatsBus(Bus):
         self._js: JetStreamContext | None = None
         self._reconnect: list[Callable[[], Awaitable[None]]] = []
         self._leases: NatsLeases | None = None
+        self._direct: DirectGets | None = None
 
     @property
     def nc(self) -> NATS:
@@ -193,6 +194,7 @@ class NatsBus(Bus):
     def nc(self, value: NATS) -> None:
         self._nc = value
         self._js = None
+        self._direct = None
 
     @property
     def js(self) -> JetStreamContext:
@@ -344,37 +346,12 @@ class NatsBus(Bus):
 
     async def _direct_batch(self, req: dict[str, Any], timeout: float) -> tuple[list[Entry], int]:
         """One batched direct get: the entries, and how many more match after them."""
-        nc = self.nc
-        inbox = nc.new_inbox()
-        out: list[Entry] = []
+        if self._direct is None:
+            self._direct = DirectGets(self.nc, subjects.EVENTS_STREAM)
         try:
-            sub = await nc.subscribe(inbox, max_msgs=0)
+            return await self._direct.get(req, timeout)
         except _BROKEN as exc:
             raise Unavailable(repr(exc)) from None
-        try:
-            await nc.publish(
-                _DIRECT_GET.format(stream=subjects.EVENTS_STREAM),
-                json.dumps(req).encode(),
-                reply=inbox,
-            )
-            async with asyncio.timeout(timeout):
-                while True:
-                    msg = await sub.next_msg(timeout=timeout)
-                    headers = msg.headers or {}
-                    status = headers.get("Status")
-                    if status == "404":
-                        return out, 0
-                    if status is not None:  # 204 EOB ends the batch; anything else is an error
-                        if status != "204":
-                            raise Unavailable(f"direct get: {status} {headers}")
-                        return out, int(headers.get("Nats-Num-Pending", "0") or 0)
-                    seq = int(headers["Nats-Sequence"])
-                    out.append(Entry(seq, headers["Nats-Subject"], msg.data))
-        except _BROKEN as exc:
-            raise Unavailable(repr(exc)) from None
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     async def log_end(self) -> int:
         try:

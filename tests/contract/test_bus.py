@@ -91,6 +91,23 @@ async def test_reads_page_past_a_batch_of_entries(kit: Any) -> None:
     assert len(await bus.read(subject(0), start=evens[100].seq, limit=250)) == 200
 
 
+async def test_concurrent_reads_each_get_their_own_entries(kit: Any) -> None:
+    """Reads share one reply subscription on NATS: many at once must not mix their replies."""
+    bus, _ = kit
+    for i in range(300):
+        await bus.append(subject(i % 5), f"{i % 5}:{i}".encode(), msg_id=f"c{i}")
+    reads = [bus.read(subject(n % 5), limit=40 + n) for n in range(20)]
+    reads += [bus.last([subject(n % 5)]) for n in range(10)]
+    got = await asyncio.gather(*reads)
+    for n, entries in enumerate(got[:20]):
+        assert len(entries) == 40 + n
+        assert {e.data.split(b":")[0] for e in entries} == {str(n % 5).encode()}
+        assert [e.seq for e in entries] == sorted(e.seq for e in entries)
+    for n, found in enumerate(got[20:]):
+        assert list(found) == [subject(n % 5)]
+        assert int(found[subject(n % 5)].data.split(b":")[1]) >= 295
+
+
 async def test_last_gives_the_newest_entry_of_each_subject(kit: Any) -> None:
     bus, _ = kit
     await bus.append(subject(1), b"1a", msg_id="1a")

@@ -186,9 +186,18 @@ def transform_against(
     if isinstance(op, Insert):
         if _is_noop(op):
             return []
+        # ``_transform_insert`` folded over the history on the position alone: a hot document
+        # transforms each edit against every edit made meanwhile, so no Insert per step.
+        p = op.position
         for applied in history:
-            op = _transform_insert(op, applied, op_first)
-        return [op]
+            q = applied.position
+            if isinstance(applied, Insert):
+                if p > q or (p == q and not op_first):
+                    p += applied.length
+            elif p > q:
+                e = q + applied.length
+                p = p - applied.length if p >= e else q
+        return [op if p == op.position else Insert(p, op.content)]
     parts: list[Delete] = [] if _is_noop(op) else [op]
     for applied in history:
         if not parts:

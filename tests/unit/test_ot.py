@@ -201,3 +201,25 @@ def test_transformed_parts_apply_in_order_without_splitting_pairs(data: st.DataO
     op = data.draw(ops_on(text))
     result = apply_all(current, transform_against(op, history))  # raises on any bad position
     assert not has_lone_surrogate(result)
+
+
+@given(st.data())
+def test_an_insert_against_a_history_is_the_fold_of_single_transforms(data: st.DataObject) -> None:
+    """``transform_against`` moves an insert by position alone; it must equal ``transform``
+    applied one history operation at a time."""
+    text = data.draw(texts)
+    history: list[Op] = []
+    current = text
+    for _ in range(data.draw(st.integers(0, 8))):
+        h = data.draw(ops_on(current))
+        history.append(h)
+        current = apply(current, h)
+    op = Insert(
+        data.draw(st.sampled_from(boundaries(text))),
+        data.draw(st.text(chars, min_size=1, max_size=3)),
+    )
+    op_first = data.draw(st.booleans())
+    step: list[Op] = [op]
+    for h in history:
+        step = [q for part in step for q in transform(part, h, op_first=op_first)]
+    assert transform_against(op, history, op_first=op_first) == step

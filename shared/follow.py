@@ -1,44 +1,101 @@
 """Following a few subjects of the log from a position on, in a background task: how workers
-keep the log's picture of presence current (``LoggedPresence``) between takeovers."""
+keep the log's picture of presence current (``LoggedPresence``) between takeovers.
+
+With a snapshot key, the follower also saves that picture (``shared/presence_snapshot.py``) every
+``SNAPSHOT_S`` while it moved, and once more when it stops, so the next start reads only the
+presence events logged since (``load_presence``). The picture is saved as of the lowest position
+its filters have been read to: everything at or before it has been applied."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
 from shared import tasks
-from shared.bus.port import Bus, LogTail
+from shared.bus.port import Bus, LogTail, Unavailable
 from shared.eventlog import decode_logged
 from shared.logs import get_logger
+from shared.presence import LoggedPresence
+from shared.presence_snapshot import Row, decode_snapshot, encode_snapshot
 
-__all__ = ["LogFollower"]
+__all__ = ["LogFollower", "load_presence", "presence_events"]
 
 log = get_logger(__name__)
+SNAPSHOT_S = 60.0
+PAGE = 10_000  # presence events read per request at start: memory stays bounded
+
+Pictures = Callable[[], Mapping[str, LoggedPresence[Any, Any]]]
 
 
 class LogFollower:
     def __init__(
-        self, bus: Bus, filters: Sequence[str], on_event: Callable[[object], None], what: str
+        self,
+        bus: Bus,
+        filters: Sequence[str],
+        on_event: Callable[[object], None],
+        what: str,
+        snapshot: tuple[str, Pictures] | None = None,
     ) -> None:
         self.bus = bus
         self.filters = list(filters)
         self.on_event = on_event
         self.what = what  # the projection name in logs and the skipped-events counter
+        self.snapshot = snapshot  # (key, the pictures to save) or None
         self._tails: list[LogTail] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._positions: list[int] = []  # per filter: every entry up to it is applied
+        self._saved = 0
+
+    @property
+    def position(self) -> int:
+        return min(self._positions, default=0)
 
     def start(self, after: int) -> None:
         """Follow every filter from the entry after ``after`` on."""
-        for f in self.filters:
+        for i, f in enumerate(self.filters):
             tail = self.bus.tail(f, after + 1)
             self._tails.append(tail)
-            self._tasks.append(asyncio.create_task(self._run(tail), name=f"follow-{self.what}"))
+            self._positions.append(after)
+            self._tasks.append(asyncio.create_task(self._run(i, tail), name=f"follow-{self.what}"))
+        if self.snapshot is not None:
+            self._tasks.append(asyncio.create_task(self._saving(), name=f"snap-{self.what}"))
 
     async def stop(self) -> None:
         await tasks.stop(self._tasks)
         for tail in self._tails:
             await tail.close()
+        if self.snapshot is not None:
+            try:
+                await asyncio.wait_for(self.save(), 5)
+            except (Unavailable, TimeoutError) as exc:
+                log.warning("presence snapshot not saved", extra={"error": repr(exc)})
+
+    async def save(self) -> bool:
+        """Save the picture if it moved since the last save; whether it did."""
+        if self.snapshot is None or not self._tails:
+            return False
+        key, pictures = self.snapshot
+        at = self.position
+        if at <= self._saved:
+            return False
+        # Same loop turn as reading the position: the follower tasks cannot apply more between.
+        data = encode_snapshot(at, pictures())
+        if len(data) > self.bus.max_payload:
+            log.warning("presence snapshot too large to save", extra={"bytes": len(data)})
+            return False
+        await self.bus.save_snapshot(key, data)
+        self._saved = at
+        return True
+
+    async def _saving(self) -> None:
+        while True:
+            await asyncio.sleep(SNAPSHOT_S)  # a periodic save: nothing to wait on instead
+            try:
+                await self.save()
+            except Unavailable as exc:
+                log.warning("presence snapshot not saved", extra={"error": repr(exc)})
 
     async def caught_up(self, timeout: float) -> None:
         """Until nothing is left to read (bounded: past ``timeout`` go on as things are)."""
@@ -52,7 +109,7 @@ class LogFollower:
                     return
                 await asyncio.sleep(0.05)  # the follower task is reading the rest
 
-    async def _run(self, tail: LogTail) -> None:
+    async def _run(self, i: int, tail: LogTail) -> None:
         while True:
             try:
                 entries = await tail.fetch(500, 1.0)
@@ -62,3 +119,32 @@ class LogFollower:
                 continue
             for entry in entries:
                 self.on_event(decode_logged(entry.data, entry.seq, entry.subject, self.what))
+            if entries:
+                self._positions[i] = entries[-1].seq
+
+
+async def load_presence(bus: Bus, key: str, what: str) -> tuple[int, dict[str, list[Row]]]:
+    """The last saved picture and the log sequence it is up to; ``(0, {})`` when there is none
+    (or it cannot be read: then every presence event is read, as without snapshots)."""
+    try:
+        data = await bus.snapshot(key)
+        if data is None:
+            return 0, {}
+        return decode_snapshot(data)
+    except (Unavailable, ValueError) as exc:
+        log.warning("presence snapshot not used", extra={"what": what, "error": repr(exc)})
+        return 0, {}
+
+
+async def presence_events(
+    bus: Bus, subject: str, after: int, what: str
+) -> AsyncIterator[tuple[int, object]]:
+    """``(sequence, event)`` of every entry on ``subject`` after ``after``, a page at a time."""
+    start = after + 1
+    while True:
+        page = await bus.read(subject, start, PAGE)
+        for entry in page:
+            yield entry.seq, decode_logged(entry.data, entry.seq, entry.subject, what)
+        if len(page) < PAGE:
+            return
+        start = page[-1].seq + 1

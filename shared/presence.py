@@ -339,6 +339,14 @@ class LoggedPresence(Generic[K, P]):
     def rooms(self) -> list[K]:
         return list(self._rooms)
 
+    def entries(self) -> list[tuple[K, str, str, P]]:
+        """Everyone the log says is present: ``(room, user id, user name, payload)``."""
+        return [
+            (room, user, name, payload)
+            for room, users in self._rooms.items()
+            for user, (name, payload) in users.items()
+        ]
+
     def diff(self, room: K, present: Sequence[Present[P]]) -> list[Change[K, P]]:
         """The changes that bring the log to ``present``: joins, then leaves."""
         logged = self._rooms.get(room, {})

@@ -134,6 +134,9 @@ def command_stream(subject_filter: str) -> str:
 
 # --- partition leases (a JetStream KV bucket, ``shared/ownership.py``) -------------------------
 LEASES_BUCKET = "AG_LEASES"
+# Projection snapshots (presence so far, and the log sequence it is up to): a cache of the log,
+# so a service starts from the last one instead of every presence event ever logged.
+SNAPSHOTS_BUCKET = "AG_SNAPSHOTS"
 
 
 # --- live fan-out (core NATS, not stored) -----------------------------------------------------

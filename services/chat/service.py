@@ -35,7 +35,7 @@ from shared.bus.pipe import AppendPipe
 from shared.bus.port import Bus, Message, Unavailable
 from shared.config import Settings
 from shared.eventlog import decode_logged
-from shared.follow import LogFollower
+from shared.follow import LogFollower, load_presence, presence_events
 from shared.logs import get_logger
 from shared.ownership import run_partitions
 from shared.partitions import chat_partition
@@ -59,6 +59,7 @@ from shared.worker import CommandWorker, Decision
 __all__ = ["ChatRooms", "ChatService"]
 
 log = get_logger(__name__)
+PRESENCE_SNAPSHOT = "chat.presence"  # the snapshot key (shared/presence_snapshot.py)
 
 _post_decoder = msgspec.json.Decoder(PostMessage)
 _history_decoder = msgspec.json.Decoder(HistoryRequest)
@@ -183,20 +184,28 @@ class ChatRooms:
 
     # --- start-up ---------------------------------------------------------------------------
     async def rebuild_presence(self, presence: Presence, logged: LoggedPresence[str, None]) -> int:
-        """Who was present, from the presence events alone (NATS filters them server-side);
-        the sequence of the last one read."""
-        count = last = 0
-        for entry in await self.bus.read(subjects.CHAT_PRESENCE_ALL):
+        """Who was present: the last presence snapshot, then the presence events logged after
+        it (NATS filters them server-side); the sequence it is all up to."""
+        last, pictures = await load_presence(self.bus, PRESENCE_SNAPSHOT, "chat")
+        for room, user, name, _ in pictures.get("rooms", []):
+            assert isinstance(room, str)
+            presence.assume(room, user, name, True)
+            logged.apply(room, user, name, None, True)
+        count = 0
+        async for seq, ev in presence_events(self.bus, subjects.CHAT_PRESENCE_ALL, last, "chat"):
             count += 1
-            last = entry.seq
-            match decode_logged(entry.data, entry.seq, entry.subject, "chat"):
-                case UserJoined() as ev:
+            last = seq
+            match ev:
+                case UserJoined():
                     presence.assume(ev.contextId, ev.userId, ev.userName, True)
                     logged.apply(ev.contextId, ev.userId, ev.userName, None, True)
-                case UserLeft() as ev:
+                case UserLeft():
                     presence.assume(ev.contextId, ev.userId, ev.userName, False)
                     logged.apply(ev.contextId, ev.userId, ev.userName, None, False)
-        log.info("chat presence rebuilt", extra={"events": count})
+        log.info(
+            "chat presence rebuilt",
+            extra={"events": count, "snapshotUsers": len(pictures.get("rooms", []))},
+        )
         return last
 
 
@@ -214,7 +223,13 @@ class ChatService:
         # What the log says about presence, followed live: a partition taken over is reconciled
         # with it (changes while the partition had no owner were announced by nobody).
         self.logged = LoggedPresence[str, None]()
-        self.follow = LogFollower(bus, [subjects.CHAT_PRESENCE_ALL], self._logged, "chat")
+        self.follow = LogFollower(
+            bus,
+            [subjects.CHAT_PRESENCE_ALL],
+            self._logged,
+            "chat",
+            snapshot=(PRESENCE_SNAPSHOT, lambda: {"rooms": self.logged}),
+        )
         self._subs: list[object] = []
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()

@@ -15,11 +15,13 @@ whatever they did.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
 from shared import subjects
 from shared.bus.port import Bus, Message, Unavailable
+from shared.follow import load_presence, presence_events
 from shared.logs import get_logger
 from shared.presence import ConnectionChange, ConnectionPresence, LoggedPresence
 from shared.presence_book import PresenceBook
@@ -40,6 +42,7 @@ from .store import DocStore
 __all__ = ["PresenceKeeper"]
 
 log = get_logger(__name__)
+PRESENCE_SNAPSHOT = "collab.presence"  # the snapshot key (shared/presence_snapshot.py)
 _heartbeat_decoder = msgspec.json.Decoder(CollabHeartbeat)
 
 
@@ -68,22 +71,45 @@ class PresenceKeeper:
         return self.participants.members(context_id, session_id)
 
     async def rebuild(self) -> int:
-        """Who the log says is present; confirmed or left once the gateways have reported. The
-        sequence of the last presence event read (where following the log goes on from)."""
-        events, last = await self.store.presence_events()
-        p = self.participants
-        for ev in events:
-            match ev:
-                case ParticipantJoined():
-                    p.assume(ev.contextId, ev.sessionId, ev.userId, ev.userName, ev.role, True)
-                case ParticipantLeft():
-                    p.assume(ev.contextId, ev.sessionId, ev.userId, ev.userName, "", False)
-                case CollabUserConnected() | CollabUserDisconnected():
-                    on = isinstance(ev, CollabUserConnected)
-                    self.online.assume(ev.contextId, ev.userId, ev.userName, on)
-            self.follow(ev)
-        log.info("collaboration presence rebuilt", extra={"events": len(events)})
+        """Who the log says is present (the last snapshot, then the presence events logged
+        after it); confirmed or left once the gateways have reported. The sequence it is all up
+        to (where following the log goes on from)."""
+        last, pictures = await load_presence(self.bus, PRESENCE_SNAPSHOT, "collaboration")
+        after = last
+        for room, user, name, role in pictures.get("participants", []):
+            assert isinstance(room, tuple)
+            ctx, session = room
+            self.participants.assume(ctx, session, user, name, role or "", True)
+            self.logged_participants.apply((ctx, session), user, name, role or "", True)
+        for ctx, user, name, _ in pictures.get("online", []):
+            assert isinstance(ctx, str)
+            self.online.assume(ctx, user, name, True)
+            self.logged_online.apply(ctx, user, name, None, True)
+        count = 0
+        # Two independent sets: the order between them does not matter, only within.
+        for wanted in (subjects.COLLAB_PRESENCE_ALL, subjects.COLLAB_CONNECTIONS_ALL):
+            async for seq, ev in presence_events(self.bus, wanted, after, "collaboration"):
+                count += 1
+                last = max(last, seq)
+                self._assume(ev)
+                self.follow(ev)
+        log.info("collaboration presence rebuilt", extra={"events": count})
         return last
+
+    def pictures(self) -> dict[str, LoggedPresence[Any, Any]]:
+        """What the snapshot keeps (``shared/presence_snapshot.py``)."""
+        return {"participants": self.logged_participants, "online": self.logged_online}
+
+    def _assume(self, ev: object) -> None:
+        p = self.participants
+        match ev:
+            case ParticipantJoined():
+                p.assume(ev.contextId, ev.sessionId, ev.userId, ev.userName, ev.role, True)
+            case ParticipantLeft():
+                p.assume(ev.contextId, ev.sessionId, ev.userId, ev.userName, "", False)
+            case CollabUserConnected() | CollabUserDisconnected():
+                on = isinstance(ev, CollabUserConnected)
+                self.online.assume(ev.contextId, ev.userId, ev.userName, on)
 
     def follow(self, ev: object) -> None:
         """One presence event from the log into the logged picture."""

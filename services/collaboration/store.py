@@ -30,7 +30,6 @@ from shared.schemas.events import (
     CollabUserDisconnected,
     DocumentSnapshot,
     EditApplied,
-    Event,
     ParticipantJoined,
     ParticipantLeft,
     dedup_key,
@@ -158,17 +157,3 @@ class DocStore:
     def log_online(self, ev: CollabUserConnected | CollabUserDisconnected) -> None:
         subject = subjects.collab_connections(ev.contextId)
         self.presence_log.put(subject, encode_event(ev), uuid.uuid4().hex)
-
-    async def presence_events(self) -> tuple[list[Event], int]:
-        """Every logged join/leave and connect/disconnect (presence is rebuilt from them at
-        start), and the sequence of the last. Two independent sets: the order between them does
-        not matter, only within."""
-        out: list[Event] = []
-        last = 0
-        for wanted in (subjects.COLLAB_PRESENCE_ALL, subjects.COLLAB_CONNECTIONS_ALL):
-            for entry in await self.bus.read(wanted):
-                last = max(last, entry.seq)
-                ev = decode_logged(entry.data, entry.seq, entry.subject, "collaboration")
-                if ev is not None:
-                    out.append(ev)
-        return out, last

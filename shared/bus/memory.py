@@ -243,6 +243,7 @@ class MemoryBus:
     partitions: int = 16  # the command streams' transform (``shared/partitions.py``)
     lease_s: float = 3.0
     _log: list[Entry] = field(default_factory=list)
+    _snapshots: dict[str, bytes] = field(default_factory=dict)
     _last: dict[str, int] = field(default_factory=dict)  # subject -> last sequence
     _ids: dict[str, tuple[int, float]] = field(default_factory=dict)  # msg id -> (seq, when)
     _work: list[_Queued] = field(default_factory=list)
@@ -353,6 +354,14 @@ class MemoryBus:
 
     async def log_end(self) -> int:
         return len(self._log)
+
+    async def snapshot(self, key: str) -> bytes | None:
+        return self._snapshots.get(key)
+
+    async def save_snapshot(self, key: str, data: bytes) -> None:
+        if len(data) > self.max_payload:
+            raise Unavailable(f"snapshot of {len(data)} bytes is over the payload limit")
+        self._snapshots[key] = data
 
     def tail(self, subjects: str, start: int, name: str | None = None) -> _Tail:
         return _Tail(self, subjects, start)

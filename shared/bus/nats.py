@@ -360,6 +360,27 @@ class NatsBus(Bus):
             raise Unavailable(repr(exc)) from None
         return int(info.state.last_seq)
 
+    async def snapshot(self, key: str) -> bytes | None:
+        try:
+            kv = await self.js.key_value(subjects.SNAPSHOTS_BUCKET)
+            entry = await kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
+            return None  # none yet (or a deployment from before snapshots): read the log
+        except _BROKEN as exc:
+            raise Unavailable(repr(exc)) from None
+        return entry.value
+
+    async def save_snapshot(self, key: str, data: bytes) -> None:
+        try:
+            try:
+                kv = await self.js.key_value(subjects.SNAPSHOTS_BUCKET)
+            except nats.js.errors.BucketNotFoundError:  # provisioned before snapshots existed
+                await self.restore_streams()
+                kv = await self.js.key_value(subjects.SNAPSHOTS_BUCKET)
+            await kv.put(key, data)
+        except _BROKEN as exc:
+            raise Unavailable(repr(exc)) from None
+
     def tail(self, subjects_: str, start: int, name: str | None = None) -> Tail:
         return Tail(self, subjects_, start, name)
 

@@ -19,7 +19,14 @@ from nats.js.kv import KeyValue
 
 from shared import subjects
 
-__all__ = ["describe_streams", "ensure_streams", "kv_values", "leases_config", "stream_configs"]
+__all__ = [
+    "describe_streams",
+    "ensure_streams",
+    "kv_values",
+    "leases_config",
+    "snapshots_config",
+    "stream_configs",
+]
 
 
 def _commands(
@@ -96,6 +103,16 @@ def leases_config(replicas: int = 1, lease_s: float = 3.0) -> KeyValueConfig:
     )
 
 
+def snapshots_config(replicas: int = 1) -> KeyValueConfig:
+    # A cache of the log (rebuilt from it when missing), kept on disk so a restart starts fast.
+    return KeyValueConfig(
+        bucket=subjects.SNAPSHOTS_BUCKET,
+        history=1,
+        storage=StorageType.FILE,
+        replicas=replicas,
+    )
+
+
 async def ensure_streams(
     js: JetStreamContext,
     replicas: int = 1,
@@ -105,9 +122,9 @@ async def ensure_streams(
     *,
     update: bool = True,
 ) -> None:
-    """Create the streams and the lease bucket, and with ``update`` bring existing ones to this
-    configuration (``provision``). Services heal with ``update=False``: they only put back what
-    a restart lost, because their settings are not the operator's (a worker without
+    """Create the streams and the lease and snapshot buckets, and with ``update`` bring existing
+    ones to this configuration (``provision``). Services heal with ``update=False``: they only
+    put back what a restart lost, because their settings are not the operator's (a worker without
     AG_STREAM_REPLICAS would otherwise shrink an R3 stream to one replica).
 
     Before partitions, one durable per service consumed all of ``AG_CMDS``; a work queue allows
@@ -134,6 +151,10 @@ async def ensure_streams(
     else:
         if update:  # the bucket's TTL is the lease time the workers renew against: keep it in step
             await _lease_ttl(js, lease_s)
+    try:
+        await js.key_value(subjects.SNAPSHOTS_BUCKET)
+    except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
+        await js.create_key_value(snapshots_config(replicas))
 
 
 async def _lease_ttl(js: JetStreamContext, lease_s: float) -> None:

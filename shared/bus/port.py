@@ -213,6 +213,14 @@ class Bus(Protocol):
         """The sequence of the last entry in the log (0 when empty)."""
         ...
 
+    async def snapshot(self, key: str) -> bytes | None:
+        """The last snapshot saved under ``key`` (a projection's cache of the log), or None."""
+        ...
+
+    async def save_snapshot(self, key: str, data: bytes) -> None:
+        """Keep ``data`` as ``key``'s snapshot (the previous one is replaced)."""
+        ...
+
     def tail(self, subjects: str, start: int, name: str | None = None) -> LogTail:
         """Every entry on ``subjects`` from sequence ``start`` on, as it is appended. ``name``
         labels it for operators; a tail of that name left by an earlier process is replaced."""

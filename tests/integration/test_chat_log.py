@@ -21,7 +21,7 @@ from shared.bus.memory import MemoryBus
 from shared.bus.port import Bus
 from shared.config import load_settings
 from shared.schemas.commands import HistoryRequest, Origin, PostMessage
-from shared.schemas.events import ChatMessagePosted, encode_event
+from shared.schemas.events import ChatMessagePosted, UserJoined, UserLeft, encode_event
 from shared.schemas.wire import encode
 from shared.timefmt import now_ms
 from tests.bus_support import Tap
@@ -227,3 +227,64 @@ async def test_rooms_leaving_and_coming_back_keep_seq_and_dedup(memory_bus: Memo
         assert all(len(seqs) == 1 for seqs in by_id.values())  # a re-send gets the first seq
     finally:
         await svc.stop()
+
+
+async def _presence(bus: Bus, ctx: str, user: str, joined: bool) -> int:
+    kind = UserJoined if joined else UserLeft
+    ev = kind(contextId=ctx, ts=now_ms(), userId=user, userName=user.upper())
+    done = await bus.append(subjects.chat_presence(ctx), encode_event(ev), msg_id=uuid.uuid4().hex)
+    return done.seq
+
+
+async def test_presence_starts_from_its_snapshot_and_reads_only_what_came_after(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Presence events never stop growing: a service saves the picture when it stops (and every
+    minute), and the next one reads only the events logged after it; a snapshot that cannot be
+    read means reading them all, as before."""
+    import services.chat.service as chat_module
+
+    expected: dict[tuple[str, str], bool] = {}
+
+    async def log_presence(ctx: str, user: str, joined: bool) -> int:
+        expected[(ctx, user)] = joined
+        return await _presence(bus, ctx, user, joined)
+
+    first_seqs = [await log_presence(f"r{i % 3}", f"u{i}", True) for i in range(30)]
+    first_seqs += [await log_presence(f"r{i % 3}", f"u{i}", False) for i in range(0, 30, 2)]
+    settings = load_settings({"AG_HEARTBEAT_S": "60"})
+    first = ChatService(settings, bus)
+    await first.start()
+    await first.stop()  # saves the picture
+    saved = await bus.snapshot(chat_module.PRESENCE_SNAPSHOT)
+    assert saved is not None
+    later = [
+        await log_presence("r0", "u0", True),
+        await log_presence("r1", "u1", False),
+        await log_presence("r9", "new", True),
+    ]
+
+    read: list[int] = []
+    real = chat_module.presence_events
+
+    async def counting(*args: object, **kwargs: object) -> AsyncIterator[tuple[int, object]]:
+        async for seq, ev in real(*args, **kwargs):  # type: ignore[arg-type]
+            read.append(seq)
+            yield seq, ev
+
+    monkeypatch.setattr(chat_module, "presence_events", counting)
+    present = sorted((ctx, user) for (ctx, user), joined in expected.items() if joined)
+    for snapshot, wanted in ((saved, later), (b"not a snapshot", first_seqs + later)):
+        await bus.save_snapshot(chat_module.PRESENCE_SNAPSHOT, snapshot)
+        read.clear()
+        svc = ChatService(settings, bus)
+        await svc.start()
+        try:
+            assert read == wanted
+            assert sorted((room, user) for room, user, _, _ in svc.logged.entries()) == present
+            assumed = [
+                (r, u["userId"]) for r in svc.presence.rooms() for u in svc.presence.users(r)
+            ]
+            assert sorted(assumed) == present
+        finally:
+            await svc.stop()

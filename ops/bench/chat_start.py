@@ -4,7 +4,9 @@ Writes ``--messages`` chat messages over ``--rooms`` rooms to a fresh nats-serve
 publishes, ``sync_interval`` relaxed so writing them does not take long; reading is unaffected),
 then starts a real ``python -m services.chat`` and reports:
 
-- ``ready_s``: from spawn until the service announces itself ready (``ag.ctl.chat.ready``);
+- ``ready_s``: from spawn until the service announces itself ready (``ag.ctl.chat.ready``),
+  with ``--presence`` presence events in the log and no presence snapshot yet (it reads them
+  all, and saves a snapshot when it stops); ``ready_s_from_snapshot``: the next start, from it;
 - ``rss_mb`` / ``peak_rss_mb``: its resident memory once ready (``VmRSS``, ``VmHWM``);
 - ``history_ms`` / ``recovery_ms``: p50/p99 of ``--samples`` history requests (newest 50) and
   recovery requests (``afterSeq`` 100 behind) to random rooms, through the service's RPC (the
@@ -38,7 +40,7 @@ from ops.bench.harness import p50_p99_ms
 from ops.natsd import start_nats
 from shared import subjects
 from shared.schemas.commands import HistoryReply, HistoryRequest
-from shared.schemas.events import ChatMessagePosted, encode_event
+from shared.schemas.events import ChatMessagePosted, UserJoined, UserLeft, encode_event
 from shared.schemas.wire import encode
 
 __all__ = ["main", "run"]
@@ -75,6 +77,44 @@ async def _fill(url: str, messages: int, rooms: int) -> list[int]:
     await js.publish_async_completed()
     await nc.close()
     return seqs
+
+
+async def _fill_presence(url: str, events: int, rooms: int) -> None:
+    """Sockets opening and closing: a join, later a leave, for ever new users (the presence
+    events a long-lived deployment piles up; one in 5,000 users stays)."""
+    nc = await nats.connect(url)
+    js = nc.jetstream(publish_async_max_pending=20_000)
+    now = int(time.time() * 1000)
+    for i in range(events):
+        user, ctx = f"visitor-{i // 2}", f"course-{(i // 2) % rooms}"
+        kind = UserJoined if i % 2 == 0 or (i // 2) % 5000 == 0 else UserLeft
+        ev = kind(contextId=ctx, ts=now, userId=user, userName="A Visitor")
+        await js.publish_async(subjects.chat_presence(ctx), encode_event(ev))
+    await js.publish_async_completed()
+    await nc.close()
+
+
+async def _start_once(env: dict[str, str], url: str, log: Any) -> float:
+    """Seconds from spawn to ready for one more start of the service (stopped with SIGTERM)."""
+    nc = await nats.connect(url)
+    ready: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    async def on_ready(_: Any) -> None:
+        if not ready.done():
+            ready.set_result(time.perf_counter())
+
+    await nc.subscribe(subjects.CHAT_READY, cb=on_ready)
+    await nc.flush()
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.chat"], env=env, stdout=log, stderr=log
+    )
+    try:
+        return await asyncio.wait_for(ready, 600) - started
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        await nc.close()
 
 
 def _rss(pid: int) -> tuple[float, float]:
@@ -179,7 +219,9 @@ async def _post_everywhere(url: str, rooms: int) -> list[float]:
     return latencies
 
 
-def run(messages: int, rooms: int, samples: int, sync_interval: str) -> dict[str, Any]:
+def run(
+    messages: int, rooms: int, samples: int, sync_interval: str, presence: int = 0
+) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="ag-bench-chat-start-"))
     server = start_nats(data / "nats", sync_interval, data / "nats.log")
     try:
@@ -187,6 +229,9 @@ def run(messages: int, rooms: int, samples: int, sync_interval: str) -> dict[str
         started = time.perf_counter()
         seqs = asyncio.run(_fill(server.url, messages, rooms))
         _log(f"    {messages / (time.perf_counter() - started):,.0f} events/s")
+        if presence:
+            _log(f"appending {presence:,} presence events (sockets opened and closed)")
+            asyncio.run(_fill_presence(server.url, presence, rooms))
         env = {
             **os.environ,
             "AG_NATS_URL": server.url,
@@ -196,7 +241,16 @@ def run(messages: int, rooms: int, samples: int, sync_interval: str) -> dict[str
         _log("starting the chat service on it")
         with open(data / "chat.log", "ab") as log:
             result = asyncio.run(_measure(server.url, env, seqs, samples, log))
-        return {"messages": messages, "rooms": rooms, **result}
+            # The first start had no presence snapshot (it read every presence event) and saved
+            # one when it stopped; this one starts from it.
+            again = asyncio.run(_start_once(env, server.url, log))
+        return {
+            "messages": messages,
+            "rooms": rooms,
+            "presence_events": presence,
+            **result,
+            "ready_s_from_snapshot": round(again, 2),
+        }
     finally:
         server.stop()
         shutil.rmtree(data, ignore_errors=True)
@@ -212,8 +266,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rooms", type=int, default=1000)
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--sync-interval", default="2m")
+    p.add_argument("--presence", type=int, default=200_000, help="presence events in the log")
     a = p.parse_args(argv)
-    print(json.dumps(run(a.messages, a.rooms, a.samples, a.sync_interval), indent=2))
+    result = run(a.messages, a.rooms, a.samples, a.sync_interval, a.presence)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -172,6 +172,7 @@ async def describe_streams(js: JetStreamContext) -> list[dict[str, Any]]:
         subjects.COMMANDS_STREAM,
         subjects.COLLAB_COMMANDS_STREAM,
         leases,
+        "KV_" + subjects.SNAPSHOTS_BUCKET,
     ):
         try:
             info = await js.stream_info(name)

@@ -115,7 +115,7 @@ def test_the_balancer_spreads_requests_over_both_gateways(scaled: ComposeProject
 async def test_streams_are_replicated_three_ways(scaled: ComposeProject) -> None:
     names = [subjects.EVENTS_STREAM, subjects.COMMANDS_STREAM, subjects.COLLAB_COMMANDS_STREAM]
     deadline = time.monotonic() + T(60)
-    for name in [*names, "KV_" + subjects.LEASES_BUCKET]:
+    for name in [*names, "KV_" + subjects.LEASES_BUCKET, "KV_" + subjects.SNAPSHOTS_BUCKET]:
         while True:  # a node restarted by the test before this one may still be rejoining
             nc = await _cluster(scaled)
             try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +96,12 @@ async def _fill_presence(url: str, events: int, rooms: int) -> None:
     await nc.close()
 
 
-async def _start_once(env: dict[str, str], url: str, log: Any) -> float:
-    """Seconds from spawn to ready for one more start of the service (stopped with SIGTERM)."""
+@contextlib.asynccontextmanager
+async def _chat_started(
+    url: str, env: dict[str, str], log: Any
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], float]]:
+    """A chat service process and its seconds from spawn to ready; stopped with SIGTERM after
+    (it saves its presence snapshot then)."""
     nc = await nats.connect(url)
     ready: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
@@ -110,11 +116,17 @@ async def _start_once(env: dict[str, str], url: str, log: Any) -> float:
         [sys.executable, "-m", "services.chat"], env=env, stdout=log, stderr=log
     )
     try:
-        return await asyncio.wait_for(ready, 600) - started
+        yield proc, await asyncio.wait_for(ready, 600) - started
     finally:
         proc.terminate()
         proc.wait(30)
         await nc.close()
+
+
+async def _start_once(env: dict[str, str], url: str, log: Any) -> float:
+    """Seconds from spawn to ready for one more start of the service."""
+    async with _chat_started(url, env, log) as (_, ready_s):
+        return ready_s
 
 
 def _rss(pid: int) -> tuple[float, float]:
@@ -129,47 +141,33 @@ async def _measure(
     url: str, env: dict[str, str], seqs: list[int], samples: int, log: Any
 ) -> dict[str, Any]:
     nc = await nats.connect(url)
-    ready = asyncio.get_running_loop().create_future()
-
-    async def on_ready(_: Any) -> None:
-        if not ready.done():
-            ready.set_result(time.perf_counter())
-
-    await nc.subscribe(subjects.CHAT_READY, cb=on_ready)
-    await nc.flush()
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.chat"], env=env, stdout=log, stderr=log
-    )
     try:
-        ready_at = await asyncio.wait_for(ready, 600)
-        rss, peak = _rss(proc.pid)
-        rng = random.Random(1)
-        decoder = msgspec.json.Decoder(HistoryReply)
+        async with _chat_started(url, env, log) as (proc, ready_s):
+            rss, peak = _rss(proc.pid)
+            rng = random.Random(1)
+            decoder = msgspec.json.Decoder(HistoryReply)
 
-        async def timed(req: HistoryRequest) -> float:
-            t = time.perf_counter()
-            reply = decoder.decode((await nc.request(subjects.RPC_CHAT_HISTORY, encode(req))).data)
-            assert reply.messages, "a room of the log answered no history"
-            return time.perf_counter() - t
+            async def timed(req: HistoryRequest) -> float:
+                t = time.perf_counter()
+                raw = (await nc.request(subjects.RPC_CHAT_HISTORY, encode(req))).data
+                assert decoder.decode(raw).messages, "a room of the log answered no history"
+                return time.perf_counter() - t
 
-        history, recovery = [], []
-        for _ in range(samples):
-            room = rng.randrange(len(seqs))
-            ctx = f"course-{room}"
-            history.append(await timed(HistoryRequest(ctx, limit=50)))
-            after = max(seqs[room] - 100, 0)
-            recovery.append(await timed(HistoryRequest(ctx, afterSeq=after)))
-        rss_after, peak_after = _rss(proc.pid)
-        posts = await _post_everywhere(url, len(seqs))
-        rss_loaded, peak_loaded = _rss(proc.pid)
+            history, recovery = [], []
+            for _ in range(samples):
+                room = rng.randrange(len(seqs))
+                ctx = f"course-{room}"
+                history.append(await timed(HistoryRequest(ctx, limit=50)))
+                after = max(seqs[room] - 100, 0)
+                recovery.append(await timed(HistoryRequest(ctx, afterSeq=after)))
+            rss_after, peak_after = _rss(proc.pid)
+            posts = await _post_everywhere(url, len(seqs))
+            rss_loaded, peak_loaded = _rss(proc.pid)
     finally:
-        proc.terminate()
-        proc.wait(30)
         await nc.close()
 
     return {
-        "ready_s": round(ready_at - started, 2),
+        "ready_s": round(ready_s, 2),
         "rss_mb": round(rss, 1),
         "peak_rss_mb": round(max(peak, peak_after), 1),
         "rss_after_reads_mb": round(rss_after, 1),

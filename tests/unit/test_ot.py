@@ -48,6 +48,17 @@ def ops_on(draw: st.DrawFn, text: str) -> Op:
     return Delete(start, end - start)
 
 
+def draw_history(data: st.DataObject, text: str, most: int) -> tuple[list[Op], str]:
+    """Up to ``most`` operations applied one after the other to ``text``, and the result."""
+    history: list[Op] = []
+    current = text
+    for _ in range(data.draw(st.integers(0, most))):
+        h = data.draw(ops_on(current))
+        history.append(h)
+        current = apply(current, h)
+    return history, current
+
+
 # --- exact examples, one per rule -------------------------------------------------------------
 
 
@@ -192,12 +203,7 @@ def test_concurrent_pairs_converge_tp1(data: st.DataObject) -> None:
 @given(st.data())
 def test_transformed_parts_apply_in_order_without_splitting_pairs(data: st.DataObject) -> None:
     text = data.draw(texts)
-    history: list[Op] = []
-    current = text
-    for _ in range(data.draw(st.integers(0, 4))):
-        h = data.draw(ops_on(current))
-        history.append(h)
-        current = apply(current, h)
+    history, current = draw_history(data, text, 4)
     op = data.draw(ops_on(text))
     result = apply_all(current, transform_against(op, history))  # raises on any bad position
     assert not has_lone_surrogate(result)
@@ -208,12 +214,7 @@ def test_an_insert_against_a_history_is_the_fold_of_single_transforms(data: st.D
     """``transform_against`` moves an insert by position alone; it must equal ``transform``
     applied one history operation at a time."""
     text = data.draw(texts)
-    history: list[Op] = []
-    current = text
-    for _ in range(data.draw(st.integers(0, 8))):
-        h = data.draw(ops_on(current))
-        history.append(h)
-        current = apply(current, h)
+    history, _ = draw_history(data, text, 8)
     op = Insert(
         data.draw(st.sampled_from(boundaries(text))),
         data.draw(st.text(chars, min_size=1, max_size=3)),

@@ -123,17 +123,24 @@ class LogFollower:
                 self._positions[i] = entries[-1].seq
 
 
-async def load_presence(bus: Bus, key: str, what: str) -> tuple[int, dict[str, list[Row]]]:
+async def load_presence(
+    bus: Bus, key: str, what: str, end: int
+) -> tuple[int, dict[str, list[Row]]]:
     """The last saved picture and the log sequence it is up to; ``(0, {})`` when there is none
-    (or it cannot be read: then every presence event is read, as without snapshots)."""
+    (or it cannot be read, or it is past ``end``, the log's end: a log recreated under an old
+    snapshot) -- then every presence event is read, as without snapshots."""
     try:
         data = await bus.snapshot(key)
         if data is None:
             return 0, {}
-        return decode_snapshot(data)
+        up_to, pictures = decode_snapshot(data)
     except (Unavailable, ValueError) as exc:
         log.warning("presence snapshot not used", extra={"what": what, "error": repr(exc)})
         return 0, {}
+    if up_to > end:
+        log.warning("presence snapshot past the log's end: not used", extra={"what": what})
+        return 0, {}
+    return up_to, pictures
 
 
 async def presence_events(

@@ -174,9 +174,10 @@ class RoomLog:
         out: list[Hit] = []
         start = hit.entry.seq
         while len(out) < count:
-            # Exactly what is missing: an entry that is not a message (rare) costs one more
-            # read, while every extra entry asked for costs the server a longer scan.
-            entries = await self.bus.read(self.subject, start, count - len(out))
+            # Exactly what is missing the first time (every extra entry asked for costs the
+            # server a longer scan); after entries that were not messages, a few more at once.
+            want = count - len(out) if start == hit.entry.seq else max(count - len(out), PROBE)
+            entries = await self.bus.read(self.subject, start, want)
             if not entries:
                 break
             out.extend(self._messages(entries))

@@ -185,8 +185,11 @@ class ChatRooms:
     # --- start-up ---------------------------------------------------------------------------
     async def rebuild_presence(self, presence: Presence, logged: LoggedPresence[str, None]) -> int:
         """Who was present: the last presence snapshot, then the presence events logged after
-        it (NATS filters them server-side); the sequence it is all up to."""
-        last, pictures = await load_presence(self.bus, PRESENCE_SNAPSHOT, "chat")
+        it (NATS filters them server-side); the sequence it is all up to (following the log
+        goes on after it: what is read twice changes nothing, a user's state is their last
+        event)."""
+        end = await self.bus.log_end()  # before reading: everything up to it will have been
+        last, pictures = await load_presence(self.bus, PRESENCE_SNAPSHOT, "chat", end)
         for room, user, name, _ in pictures.get("rooms", []):
             assert isinstance(room, str)
             presence.assume(room, user, name, True)
@@ -206,7 +209,7 @@ class ChatRooms:
             "chat presence rebuilt",
             extra={"events": count, "snapshotUsers": len(pictures.get("rooms", []))},
         )
-        return last
+        return max(last, end)
 
 
 class ChatService:

@@ -74,8 +74,11 @@ class PresenceKeeper:
         """Who the log says is present (the last snapshot, then the presence events logged
         after it); confirmed or left once the gateways have reported. The sequence it is all up
         to (where following the log goes on from)."""
-        last, pictures = await load_presence(self.bus, PRESENCE_SNAPSHOT, "collaboration")
-        after = last
+        # The log's end before reading: both filters are then read past it, and following goes
+        # on after it. The highest sequence read in either would skip what the other got
+        # meanwhile; what is read twice changes nothing (a user's state is their last event).
+        end = await self.bus.log_end()
+        after, pictures = await load_presence(self.bus, PRESENCE_SNAPSHOT, "collaboration", end)
         for room, user, name, role in pictures.get("participants", []):
             assert isinstance(room, tuple)
             ctx, session = room
@@ -88,13 +91,12 @@ class PresenceKeeper:
         count = 0
         # Two independent sets: the order between them does not matter, only within.
         for wanted in (subjects.COLLAB_PRESENCE_ALL, subjects.COLLAB_CONNECTIONS_ALL):
-            async for seq, ev in presence_events(self.bus, wanted, after, "collaboration"):
+            async for _, ev in presence_events(self.bus, wanted, after, "collaboration"):
                 count += 1
-                last = max(last, seq)
                 self._assume(ev)
                 self.follow(ev)
         log.info("collaboration presence rebuilt", extra={"events": count})
-        return last
+        return end
 
     def pictures(self) -> dict[str, LoggedPresence[Any, Any]]:
         """What the snapshot keeps (``shared/presence_snapshot.py``)."""

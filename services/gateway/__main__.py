@@ -43,8 +43,7 @@ def build_server(settings: Settings) -> _Server:
         # The gate alone decides the client IP (AG_TRUSTED_PROXIES); uvicorn's rewrite would
         # believe any X-Forwarded-For from 127.0.0.1, and costs a middleware frame per socket.
         proxy_headers=False,
-        server_header=False,  # no software banner for scanners; and two headers less per socket
-        date_header=False,
+        server_header=False,  # no software banner for scanners
         lifespan="on",
         log_config=None,
         access_log=False,

@@ -29,6 +29,8 @@ class ExpiryWheel(Generic[T]):
         self._slots: dict[int, set[T]] = {}
         self._slot_of: dict[T, int] = {}
         self._order: list[int] = []  # slot keys, a heap; keys of emptied slots linger until popped
+        self._queued: set[int] = set()  # keys in the heap: each at most once, however often a
+        # socket opens and closes within one second
 
     def __len__(self) -> int:
         return len(self._slot_of)
@@ -40,7 +42,9 @@ class ExpiryWheel(Generic[T]):
         slot = self._slots.get(key)
         if slot is None:
             slot = self._slots[key] = set()
-            heapq.heappush(self._order, key)
+            if key not in self._queued:
+                self._queued.add(key)
+                heapq.heappush(self._order, key)
         slot.add(item)
         self._slot_of[item] = key
 
@@ -57,7 +61,7 @@ class ExpiryWheel(Generic[T]):
         """When the earliest filed item is due, or None if nothing is filed."""
         order = self._order
         while order and order[0] not in self._slots:
-            heapq.heappop(order)
+            self._queued.discard(heapq.heappop(order))
         return order[0] * self.resolution if order else None
 
     def due(self, now: float) -> list[T]:
@@ -65,6 +69,7 @@ class ExpiryWheel(Generic[T]):
         out: list[T] = []
         while (at := self.next_at()) is not None and at <= now:
             key = heapq.heappop(self._order)
+            self._queued.discard(key)
             for item in self._slots.pop(key):
                 del self._slot_of[item]
                 out.append(item)

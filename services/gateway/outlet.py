@@ -16,6 +16,7 @@ closing, a server without the extension) takes the ordinary ASGI ``send`` path, 
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections import deque
 from collections.abc import Mapping
@@ -136,7 +137,9 @@ def _pings() -> Expiries[OutletProtocol]:
     loop = asyncio.get_running_loop()
     found = _PINGS.get(loop)
     if found is None:
-        found = _PINGS[loop] = Expiries(_ping, clock=loop.time)
+        # time.monotonic is the loop's clock; the loop's own bound method would keep the loop
+        # (the weak key) alive through its value.
+        found = _PINGS[loop] = Expiries(_ping, clock=time.monotonic)
     return found
 
 

@@ -125,3 +125,35 @@ async def test_rebuild_from_a_snapshot_and_what_came_after_equals_reading_every_
     await resumed.rebuild()
     assert state(resumed) == state(everything)
     assert resumed.members("c0", "s0") == everything.members("c0", "s0")
+
+
+async def test_a_join_logged_between_the_two_reads_at_start_is_followed_not_skipped() -> None:
+    """Start reads participants, then connections: a join another worker logs in between must
+    still be read by the follower, which goes on from the log's end as it was before reading."""
+    import uuid
+
+    from shared import subjects
+    from shared.schemas.events import CollabUserConnected, ParticipantJoined, encode_event
+
+    class Racing(MemoryBus):
+        late: int | None = None
+
+        async def read(self, subject: str, start: int = 1, limit: int = 1_000_000, **kw: Any):  # type: ignore[no-untyped-def]
+            if subject == subjects.COLLAB_CONNECTIONS_ALL and self.late is None:
+                join = ParticipantJoined(
+                    contextId="c", ts=1, sessionId="s", userId="late", userName="L", role="editor"
+                )
+                done = await self.append(
+                    subjects.collab_presence("c", "s"), encode_event(join), msg_id="late"
+                )
+                self.late = done.seq
+                on = CollabUserConnected(contextId="c", ts=1, userId="late", userName="L")
+                await self.append(subjects.collab_connections("c"), encode_event(on), msg_id="x")
+            return await super().read(subject, start, limit, **kw)
+
+    bus = Racing()
+    early = CollabUserConnected(contextId="c", ts=1, userId="early", userName="E")
+    await bus.append(subjects.collab_connections("c"), encode_event(early), msg_id=uuid.uuid4().hex)
+    keeper = PresenceKeeper(bus, DocStore(load_settings({"AG_JWT_SECRET": "x" * 32}), bus), 5.0)
+    follow_from = await keeper.rebuild()
+    assert bus.late is not None and follow_from < bus.late  # the follower will read the join

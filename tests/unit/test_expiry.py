@@ -85,3 +85,13 @@ async def test_one_timer_expires_every_socket_in_its_time() -> None:
     assert fired[0][1] >= start + 0.1 and fired[1][1] >= start + 0.3
     assert len(exp.wheel) == 1  # "refreshed" waits for its new time
     exp.close()
+
+
+def test_sockets_coming_and_going_within_one_second_leave_nothing_behind() -> None:
+    wheel: ExpiryWheel[int] = ExpiryWheel()
+    for i in range(10_000):
+        wheel.file(i, 3600.5)
+        wheel.discard(i)
+    assert len(wheel) == 0
+    assert len(wheel._order) <= 1  # the heap does not grow with churn (one key per second)
+    assert wheel.next_at() is None and not wheel._order and not wheel._queued

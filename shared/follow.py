@@ -3,7 +3,7 @@ keep the log's picture of presence current (``LoggedPresence``) between takeover
 
 With a snapshot key, the follower also saves that picture (``shared/presence_snapshot.py``) every
 ``SNAPSHOT_S`` while it moved, and once more when it stops, so the next start reads only the
-presence events logged since (``load_presence``). The picture is saved as of the lowest position
+presence events logged since (``replay_presence``). The picture is saved as of the lowest position
 its filters have been read to: everything at or before it has been applied."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from shared.logs import get_logger
 from shared.presence import LoggedPresence
 from shared.presence_snapshot import Row, decode_snapshot, encode_snapshot
 
-__all__ = ["LogFollower", "load_presence", "presence_events"]
+__all__ = ["LogFollower", "replay_presence"]
 
 log = get_logger(__name__)
 SNAPSHOT_S = 60.0
@@ -123,6 +123,33 @@ class LogFollower:
                 self._positions[i] = entries[-1].seq
 
 
+async def replay_presence(
+    bus: Bus,
+    key: str,
+    filters: Sequence[str],
+    what: str,
+    restore: Callable[[dict[str, list[Row]]], None],
+    apply: Callable[[object], None],
+) -> int:
+    """Start-up: ``restore`` the last saved pictures, then ``apply`` every presence event on
+    ``filters`` logged after them; the log sequence to follow on from.
+
+    That is the log's end as it was *before* reading: each filter is read past it, so nothing
+    up to it is missed, and following goes on after it. (The highest sequence read would skip
+    what one filter got while another was read.) What is read twice changes nothing: a user's
+    state is their last event."""
+    end = await bus.log_end()
+    after, pictures = await load_presence(bus, key, what, end)
+    restore(pictures)
+    count = 0
+    for subject in filters:
+        async for ev in presence_events(bus, subject, after, what):
+            count += 1
+            apply(ev)
+    log.info("presence rebuilt", extra={"what": what, "events": count, "snapshotAt": after})
+    return end
+
+
 async def load_presence(
     bus: Bus, key: str, what: str, end: int
 ) -> tuple[int, dict[str, list[Row]]]:
@@ -143,15 +170,13 @@ async def load_presence(
     return up_to, pictures
 
 
-async def presence_events(
-    bus: Bus, subject: str, after: int, what: str
-) -> AsyncIterator[tuple[int, object]]:
-    """``(sequence, event)`` of every entry on ``subject`` after ``after``, a page at a time."""
+async def presence_events(bus: Bus, subject: str, after: int, what: str) -> AsyncIterator[object]:
+    """Every event on ``subject`` after sequence ``after``, a page at a time."""
     start = after + 1
     while True:
         page = await bus.read(subject, start, PAGE)
         for entry in page:
-            yield entry.seq, decode_logged(entry.data, entry.seq, entry.subject, what)
+            yield decode_logged(entry.data, entry.seq, entry.subject, what)
         if len(page) < PAGE:
             return
         start = page[-1].seq + 1

@@ -35,12 +35,13 @@ from shared.bus.pipe import AppendPipe
 from shared.bus.port import Bus, Message, Unavailable
 from shared.config import Settings
 from shared.eventlog import decode_logged
-from shared.follow import LogFollower, load_presence, presence_events
+from shared.follow import LogFollower, replay_presence
 from shared.logs import get_logger
 from shared.ownership import run_partitions
 from shared.partitions import chat_partition
 from shared.presence import LoggedPresence
 from shared.presence_book import PresenceBook
+from shared.presence_snapshot import Row
 from shared.ratelimit import KeyedLimiter
 from shared.schemas.commands import (
     GatewayHeartbeat,
@@ -60,6 +61,7 @@ __all__ = ["ChatRooms", "ChatService"]
 
 log = get_logger(__name__)
 PRESENCE_SNAPSHOT = "chat.presence"  # the snapshot key (shared/presence_snapshot.py)
+PRESENCE_FILTERS = [subjects.CHAT_PRESENCE_ALL]
 
 _post_decoder = msgspec.json.Decoder(PostMessage)
 _history_decoder = msgspec.json.Decoder(HistoryRequest)
@@ -182,35 +184,6 @@ class ChatRooms:
                 headers[subjects.HDR_LOG_SEQ] = str(log_seq)
             await self.bus.publish(subjects.chat_live(ev.contextId), message_frame(ev), headers)
 
-    # --- start-up ---------------------------------------------------------------------------
-    async def rebuild_presence(self, presence: Presence, logged: LoggedPresence[str, None]) -> int:
-        """Who was present: the last presence snapshot, then the presence events logged after
-        it (NATS filters them server-side); the sequence it is all up to (following the log
-        goes on after it: what is read twice changes nothing, a user's state is their last
-        event)."""
-        end = await self.bus.log_end()  # before reading: everything up to it will have been
-        last, pictures = await load_presence(self.bus, PRESENCE_SNAPSHOT, "chat", end)
-        for room, user, name, _ in pictures.get("rooms", []):
-            assert isinstance(room, str)
-            presence.assume(room, user, name, True)
-            logged.apply(room, user, name, None, True)
-        count = 0
-        async for seq, ev in presence_events(self.bus, subjects.CHAT_PRESENCE_ALL, last, "chat"):
-            count += 1
-            last = seq
-            match ev:
-                case UserJoined():
-                    presence.assume(ev.contextId, ev.userId, ev.userName, True)
-                    logged.apply(ev.contextId, ev.userId, ev.userName, None, True)
-                case UserLeft():
-                    presence.assume(ev.contextId, ev.userId, ev.userName, False)
-                    logged.apply(ev.contextId, ev.userId, ev.userName, None, False)
-        log.info(
-            "chat presence rebuilt",
-            extra={"events": count, "snapshotUsers": len(pictures.get("rooms", []))},
-        )
-        return max(last, end)
-
 
 class ChatService:
     def __init__(self, settings: Settings, bus: Bus) -> None:
@@ -228,7 +201,7 @@ class ChatService:
         self.logged = LoggedPresence[str, None]()
         self.follow = LogFollower(
             bus,
-            [subjects.CHAT_PRESENCE_ALL],
+            PRESENCE_FILTERS,
             self._logged,
             "chat",
             snapshot=(PRESENCE_SNAPSHOT, lambda: {"rooms": self.logged}),
@@ -240,7 +213,9 @@ class ChatService:
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        last = await self.rooms.rebuild_presence(self.presence, self.logged)
+        last = await replay_presence(
+            self.bus, PRESENCE_SNAPSHOT, PRESENCE_FILTERS, "chat", self._restore, self._replayed
+        )
         self.follow.start(last)
         self._started = time.monotonic()
         bus = self.bus
@@ -283,6 +258,19 @@ class ChatService:
         task = asyncio.create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _restore(self, pictures: dict[str, list[Row]]) -> None:
+        """Start-up: who the last presence snapshot says was present."""
+        for room, user, name, _ in pictures.get("rooms", []):
+            assert isinstance(room, str)
+            self.presence.assume(room, user, name, True)
+            self.logged.apply(room, user, name, None, True)
+
+    def _replayed(self, ev: object) -> None:
+        """Start-up: a presence event after the snapshot (counts until the grace ends)."""
+        if isinstance(ev, UserJoined | UserLeft):
+            self.presence.assume(ev.contextId, ev.userId, ev.userName, isinstance(ev, UserJoined))
+        self._logged(ev)
 
     def _logged(self, ev: object) -> None:
         match ev:

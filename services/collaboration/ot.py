@@ -93,17 +93,19 @@ class Delete:
 Op: TypeAlias = Insert | Delete
 
 
-def _transform_insert(op: Insert, other: Op, op_first: bool) -> Insert:
-    p = op.position
+def _moved(p: int, other: Op, op_first: bool) -> int:
+    """An insert's position ``p`` after ``other`` (rules 1 and 2)."""
+    q = other.position
     if isinstance(other, Insert):
-        if p > other.position or (p == other.position and not op_first):
-            return Insert(p + other.length, op.content)
-        return op
-    if p <= other.position:
-        return op
-    if p >= other.end:
-        return Insert(p - other.length, op.content)
-    return Insert(other.position, op.content)
+        return p + other.length if p > q or (p == q and not op_first) else p
+    if p <= q:
+        return p
+    return p - other.length if p >= q + other.length else q
+
+
+def _transform_insert(op: Insert, other: Op, op_first: bool) -> Insert:
+    p = _moved(op.position, other, op_first)
+    return op if p == op.position else Insert(p, op.content)
 
 
 def _transform_delete(op: Delete, other: Op) -> list[Delete]:
@@ -186,17 +188,11 @@ def transform_against(
     if isinstance(op, Insert):
         if _is_noop(op):
             return []
-        # ``_transform_insert`` folded over the history on the position alone: a hot document
-        # transforms each edit against every edit made meanwhile, so no Insert per step.
+        # Moved on the position alone: a hot document transforms each edit against every edit
+        # made meanwhile, so no Insert per step.
         p = op.position
         for applied in history:
-            q = applied.position
-            if isinstance(applied, Insert):
-                if p > q or (p == q and not op_first):
-                    p += applied.length
-            elif p > q:
-                e = q + applied.length
-                p = p - applied.length if p >= e else q
+            p = _moved(p, applied, op_first)
         return [op if p == op.position else Insert(p, op.content)]
     parts: list[Delete] = [] if _is_noop(op) else [op]
     for applied in history:

@@ -21,10 +21,11 @@ import msgspec
 
 from shared import subjects
 from shared.bus.port import Bus, Message, Unavailable
-from shared.follow import load_presence, presence_events
+from shared.follow import replay_presence
 from shared.logs import get_logger
 from shared.presence import ConnectionChange, ConnectionPresence, LoggedPresence
 from shared.presence_book import PresenceBook
+from shared.presence_snapshot import Row
 from shared.schemas.commands import CollabHeartbeat, Connection, SessionMember
 from shared.schemas.events import (
     CollabUserConnected,
@@ -43,6 +44,8 @@ __all__ = ["PresenceKeeper"]
 
 log = get_logger(__name__)
 PRESENCE_SNAPSHOT = "collab.presence"  # the snapshot key (shared/presence_snapshot.py)
+# Two independent sets: the order between them does not matter, only within.
+PRESENCE_FILTERS = [subjects.COLLAB_PRESENCE_ALL, subjects.COLLAB_CONNECTIONS_ALL]
 _heartbeat_decoder = msgspec.json.Decoder(CollabHeartbeat)
 
 
@@ -72,13 +75,18 @@ class PresenceKeeper:
 
     async def rebuild(self) -> int:
         """Who the log says is present (the last snapshot, then the presence events logged
-        after it); confirmed or left once the gateways have reported. The sequence it is all up
-        to (where following the log goes on from)."""
-        # The log's end before reading: both filters are then read past it, and following goes
-        # on after it. The highest sequence read in either would skip what the other got
-        # meanwhile; what is read twice changes nothing (a user's state is their last event).
-        end = await self.bus.log_end()
-        after, pictures = await load_presence(self.bus, PRESENCE_SNAPSHOT, "collaboration", end)
+        after it); confirmed or left once the gateways have reported. The log sequence that
+        following goes on from."""
+        return await replay_presence(
+            self.bus,
+            PRESENCE_SNAPSHOT,
+            PRESENCE_FILTERS,
+            "collaboration",
+            self._restore,
+            self._replayed,
+        )
+
+    def _restore(self, pictures: dict[str, list[Row]]) -> None:
         for room, user, name, role in pictures.get("participants", []):
             assert isinstance(room, tuple)
             ctx, session = room
@@ -88,15 +96,10 @@ class PresenceKeeper:
             assert isinstance(ctx, str)
             self.online.assume(ctx, user, name, True)
             self.logged_online.apply(ctx, user, name, None, True)
-        count = 0
-        # Two independent sets: the order between them does not matter, only within.
-        for wanted in (subjects.COLLAB_PRESENCE_ALL, subjects.COLLAB_CONNECTIONS_ALL):
-            async for _, ev in presence_events(self.bus, wanted, after, "collaboration"):
-                count += 1
-                self._assume(ev)
-                self.follow(ev)
-        log.info("collaboration presence rebuilt", extra={"events": count})
-        return end
+
+    def _replayed(self, ev: object) -> None:
+        self._assume(ev)
+        self.follow(ev)
 
     def pictures(self) -> dict[str, LoggedPresence[Any, Any]]:
         """What the snapshot keeps (``shared/presence_snapshot.py``)."""

@@ -59,7 +59,7 @@ from shared.timefmt import now_ms
 from shared.worker import CommandWorker
 
 from .docs import CollabDocs, DocKey
-from .presence import PRESENCE_SNAPSHOT, PresenceKeeper
+from .presence import PRESENCE_FILTERS, PRESENCE_SNAPSHOT, PresenceKeeper
 from .state import DocState
 from .store import DocStore
 
@@ -83,10 +83,9 @@ class CollabService:
         self._subs: list[Subscription] = []
         self._ticker: asyncio.Task[None] | None = None
         self._spawned: set[asyncio.Task[None]] = set()  # RPC handlers, background work
-        presence_events = [subjects.COLLAB_PRESENCE_ALL, subjects.COLLAB_CONNECTIONS_ALL]
         self.follow = LogFollower(
             bus,
-            presence_events,
+            PRESENCE_FILTERS,
             self.presence.follow,
             "collaboration",
             snapshot=(PRESENCE_SNAPSHOT, self.presence.pictures),

@@ -99,11 +99,6 @@ class Expiries(Generic[T]):
     def discard(self, item: T) -> None:
         self.wheel.discard(item)  # the timer may fire for nothing once; it then re-arms
 
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._timer_at = None
-
     def _arm(self) -> None:
         at = self.wheel.next_at()
         if at is None or (self._timer_at is not None and self._timer_at <= at):

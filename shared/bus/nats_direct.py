@@ -79,8 +79,3 @@ class DirectGets:
             batch.done.set_result(int(headers.get("Nats-Num-Pending", "0") or 0))
         else:
             batch.done.set_exception(Unavailable(f"direct get: {status} {headers}"))
-
-    async def close(self) -> None:
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            await sub.unsubscribe()

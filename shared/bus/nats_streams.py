@@ -143,18 +143,20 @@ async def ensure_streams(
         else:
             if update:
                 await js.update_stream(cfg)
-    kv = leases_config(replicas, lease_s)
+    existed = await _ensure_bucket(js, leases_config(replicas, lease_s))
+    if existed and update:  # the bucket's TTL is the lease time the workers renew against
+        await _lease_ttl(js, lease_s)
+    await _ensure_bucket(js, snapshots_config(replicas))
+
+
+async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> bool:
+    """Create the KV bucket if it is missing; whether it was there."""
     try:
-        await js.key_value(subjects.LEASES_BUCKET)
+        await js.key_value(config.bucket)
+        return True
     except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
-        await js.create_key_value(kv)
-    else:
-        if update:  # the bucket's TTL is the lease time the workers renew against: keep it in step
-            await _lease_ttl(js, lease_s)
-    try:
-        await js.key_value(subjects.SNAPSHOTS_BUCKET)
-    except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
-        await js.create_key_value(snapshots_config(replicas))
+        await js.create_key_value(config)
+        return False
 
 
 async def _lease_ttl(js: JetStreamContext, lease_s: float) -> None:

@@ -10,6 +10,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from functools import partial
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from services.chat.roomlog import RoomLog
 from services.chat.service import ChatService
 from shared import subjects
 from shared.bus.memory import MemoryBus
-from shared.bus.port import Bus
+from shared.bus.port import Bus, Entry
 from shared.config import load_settings
 from shared.schemas.commands import HistoryRequest, Origin, PostMessage
 from shared.schemas.events import ChatMessagePosted, UserJoined, UserLeft, encode_event
@@ -264,15 +265,16 @@ async def test_presence_starts_from_its_snapshot_and_reads_only_what_came_after(
         await log_presence("r9", "new", True),
     ]
 
-    read: list[int] = []
-    real = chat_module.presence_events
+    read: list[int] = []  # presence entries read at start (the follower tails, it does not read)
+    real = bus.read
 
-    async def counting(*args: object, **kwargs: object) -> AsyncIterator[tuple[int, object]]:
-        async for seq, ev in real(*args, **kwargs):  # type: ignore[arg-type]
-            read.append(seq)
-            yield seq, ev
+    async def counting(subject: str, *args: Any, **kwargs: Any) -> list[Entry]:
+        entries = await real(subject, *args, **kwargs)
+        if subject == subjects.CHAT_PRESENCE_ALL:
+            read.extend(e.seq for e in entries)
+        return entries
 
-    monkeypatch.setattr(chat_module, "presence_events", counting)
+    monkeypatch.setattr(bus, "read", counting)
     present = sorted((ctx, user) for (ctx, user), joined in expected.items() if joined)
     for snapshot, wanted in ((saved, later), (b"not a snapshot", first_seqs + later)):
         await bus.save_snapshot(chat_module.PRESENCE_SNAPSHOT, snapshot)

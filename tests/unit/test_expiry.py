@@ -84,7 +84,6 @@ async def test_one_timer_expires_every_socket_in_its_time() -> None:
     assert [n for n, _ in fired] == ["a", "b"]
     assert fired[0][1] >= start + 0.1 and fired[1][1] >= start + 0.3
     assert len(exp.wheel) == 1  # "refreshed" waits for its new time
-    exp.close()
 
 
 def test_sockets_coming_and_going_within_one_second_leave_nothing_behind() -> None:

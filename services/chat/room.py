@@ -34,6 +34,7 @@ class Room:
         "last_subject_seq",
         "_dedup",
         "unsure",
+        "saved",
     )
 
     def __init__(self, context_id: str, keep: int | None = None) -> None:
@@ -51,6 +52,39 @@ class Room:
         # Seqs read back from the log whose broadcast this process cannot vouch for (a crash
         # between append and broadcast): a re-sent frame for one of them broadcasts it again.
         self.unsure: set[int] = set()
+        # last_subject_seq of the room's snapshot in the store (0: none), to save only changes
+        self.saved = 0
+
+    @classmethod
+    def restored(
+        cls,
+        context_id: str,
+        keep: int | None,
+        messages: list[tuple[ChatMessagePosted, int]],
+        last_subject_seq: int,
+        dedup: list[tuple[str, str, str, int, int]],
+    ) -> Room:
+        """A room as its snapshot pictured it (``snapshot``): the newest messages with their
+        stream sequences, the subject's last sequence and the dedup entries. ValueError if
+        that is not a room's picture (so a damaged snapshot is never believed)."""
+        room = cls(context_id, keep)
+        for ev, stream_seq in messages:
+            if ev.contextId != context_id or (room.messages and ev.seq != room.seq + 1):
+                raise ValueError("not one room's consecutive messages")
+            if not room.apply(ev, stream_seq):
+                raise ValueError("stream sequences out of order")
+        if not room.messages or last_subject_seq < room.last_subject_seq:
+            raise ValueError("no messages, or a last sequence before the last message")
+        room.last_subject_seq = last_subject_seq
+        room._dedup = {(u, c): (m, seq, ts) for u, c, m, seq, ts in dedup}
+        return room
+
+    def snapshot(
+        self,
+    ) -> tuple[list[tuple[ChatMessagePosted, int]], list[tuple[str, str, str, int, int]]]:
+        """What ``restored`` takes back: (message, stream sequence) pairs and dedup entries."""
+        pairs = list(zip(self.messages, self._log_seqs, strict=True))
+        return pairs, [(u, c, m, seq, ts) for (u, c), (m, seq, ts) in self._dedup.items()]
 
     @property
     def seq(self) -> int:

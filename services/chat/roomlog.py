@@ -37,6 +37,7 @@ class RoomLog:
 
     def __init__(self, bus: Bus, context_id: str) -> None:
         self.bus = bus
+        self.context_id = context_id
         self.subject = subjects.chat_messages(context_id)
         self._last: Entry | None = None
         self._last_read = False

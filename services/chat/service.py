@@ -10,8 +10,10 @@ Rooms are projections of the tail of their subject in the log, loaded on first u
 whenever an append finds the log ahead of the room (a second writer, a crash between an append
 and its answer). The log is the database: a room in memory keeps its seq, its newest messages
 and the dedup window; history and recovery past those read the room's subject (``roomlog``);
-at most ``AG_CHAT_CACHE_ROOMS`` rooms stay in memory. Start-up reads presence events only, so
-it takes the same time however many messages the log holds.
+at most ``AG_CHAT_CACHE_ROOMS`` rooms stay in memory. A room's picture is saved as a snapshot
+(``room_snapshot``) when it leaves memory, every minute it changed, and at stop, so loading it
+again is two reads, not a search of the stream. Start-up reads presence only, so it takes the
+same time however many messages the log holds.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from services.chat import metrics
 from services.chat.decide import ChatNotes, decide
 from services.chat.presence import Change, Presence
 from services.chat.room import NotKept, Room
+from services.chat.room_snapshot import decode_room, encode_room, snapshot_key
 from services.chat.roomlog import RoomLog
 from shared import subjects, tasks
 from shared.bus.pipe import AppendPipe
 from shared.bus.port import Bus, Message, Unavailable
 from shared.config import Settings
 from shared.eventlog import decode_logged
-from shared.follow import LogFollower, replay_presence
+from shared.follow import SNAPSHOT_S, LogFollower, replay_presence
 from shared.logs import get_logger
 from shared.ownership import run_partitions
 from shared.partitions import chat_partition
@@ -62,6 +65,9 @@ __all__ = ["ChatRooms", "ChatService"]
 log = get_logger(__name__)
 PRESENCE_SNAPSHOT = "chat.presence"  # the snapshot key (shared/presence_snapshot.py)
 PRESENCE_FILTERS = [subjects.CHAT_PRESENCE_ALL]
+CATCH_UP = 64  # entries a read brings a room's snapshot up to date by
+SAVE_CONCURRENCY = 32  # room snapshots saved at once
+STOP_SAVE_S = 5.0  # at most this long saving room snapshots when stopping
 
 _post_decoder = msgspec.json.Decoder(PostMessage)
 _history_decoder = msgspec.json.Decoder(HistoryRequest)
@@ -83,6 +89,7 @@ class ChatRooms:
         self.rooms: OrderedDict[str, Room] = OrderedDict()
         self.limiter = KeyedLimiter(settings.rate_broadcasts_per_minute)
         self.evict: Callable[[str], bool] = lambda _: True  # the worker's, once it exists
+        self.evicted: dict[str, Room] = {}  # rooms that left memory with an unsaved snapshot
 
     # --- the worker's side ----------------------------------------------------------------
     def decode(self, data: bytes) -> PostMessage:
@@ -107,12 +114,75 @@ class ChatRooms:
         """Rooms of a partition that changed hands: another worker may have written to them."""
         for context_id in [c for c in self.rooms if self.partition(c) == partition]:
             del self.rooms[context_id]
+        for context_id in [c for c in self.evicted if self.partition(c) == partition]:
+            del self.evicted[context_id]
 
     async def load(self, context_id: str) -> Room:
-        """The room from the tail of its subject: its newest messages and the dedup window."""
-        keep = self.settings.chat_recent_messages
-        room = Room(context_id, keep)
+        """The room from its snapshot and the log after it, else from the tail of its subject:
+        its newest messages and the dedup window."""
         log = RoomLog(self.bus, context_id)
+        room = await self.restore(log)
+        if room is None:
+            room = await self._from_tail(log)
+        horizon = now_ms() - int(2 * self.settings.dedup_window_s * 1000)
+        room.forget_before(horizon)
+        room.mark_unsure_since(horizon)
+        self.rooms[context_id] = room
+        self.rooms.move_to_end(context_id)
+        self._bound()
+        return room
+
+    async def restore(self, room_log: RoomLog) -> Room | None:
+        """The room from its snapshot, brought up to the log's end; None when there is no
+        snapshot the log agrees with, or the log has moved on too far since (read the tail)."""
+        data, (last, newest) = await asyncio.gather(
+            self.bus.snapshot(snapshot_key(room_log.context_id)), room_log.last_hit()
+        )
+        if data is None or last is None:
+            return None
+        try:
+            room = decode_room(data, room_log.context_id, self.settings.chat_recent_messages)
+        except ValueError as exc:
+            log.warning("room snapshot not used", extra={"error": str(exc)})
+            return None
+        room.saved = room.last_subject_seq
+        newest_msg, newest_at = room.messages[-1], room.log_seq(room.seq)
+        assert newest_at is not None  # a restored room has messages
+        if newest is not None and newest.entry.seq == newest_at:
+            # Nothing since: the log's last message is the snapshot's (the same id there).
+            return room if newest.event.messageId == newest_msg.messageId else None
+        if newest_at > last.seq:
+            return None  # a picture from past the log's end: not this log's
+        # Read on from the snapshot's newest message, which must come first (the log agrees).
+        start, budget = newest_at, 2 * self.settings.chat_recent_messages
+        first = True
+        while start <= last.seq:
+            entries = await self.bus.read(room_log.subject, start, CATCH_UP)
+            if not entries:
+                return None  # the log ends before the snapshot: not this log's picture
+            for entry in entries:
+                ev = decode_logged(entry.data, entry.seq, entry.subject, "chat")
+                if first:
+                    if entry.seq != newest_at or not (
+                        isinstance(ev, ChatMessagePosted) and ev.messageId == newest_msg.messageId
+                    ):
+                        return None
+                    first = False
+                elif isinstance(ev, ChatMessagePosted):
+                    if ev.seq != room.seq + 1:
+                        return None
+                    room.apply(ev, entry.seq)
+                else:
+                    room.skip(entry.seq)
+            budget -= len(entries)
+            if budget <= 0:
+                return None  # far behind: reading the tail costs less
+            start = entries[-1].seq + 1
+        return room
+
+    async def _from_tail(self, log: RoomLog) -> Room:
+        keep = self.settings.chat_recent_messages
+        room = Room(log.context_id, keep)
         last, newest = await log.last_hit()
         horizon = now_ms() - int(2 * self.settings.dedup_window_s * 1000)
         if last is not None and newest is None:
@@ -137,10 +207,6 @@ class ChatRooms:
                 hits = older + hits
             for hit in hits:
                 room.apply(hit.event, hit.entry.seq)
-        room.mark_unsure_since(horizon)
-        self.rooms[context_id] = room
-        self.rooms.move_to_end(context_id)
-        self._bound()
         return room
 
     def _bound(self) -> None:
@@ -152,8 +218,31 @@ class ChatRooms:
             if over <= 0:
                 return
             if self.evict(context_id):
-                del self.rooms[context_id]
+                room = self.rooms.pop(context_id)
+                if room.last_subject_seq != room.saved:
+                    self.evicted[context_id] = room  # saved soon: the next load is cheap
                 over -= 1
+
+    async def save(self, rooms: list[Room]) -> int:
+        """Save the snapshots of ``rooms`` that changed since their last one; how many."""
+        limit = self.bus.max_payload - 4096
+        saved = 0
+
+        async def one(room: Room) -> None:
+            nonlocal saved
+            up_to = room.last_subject_seq
+            if up_to == room.saved:
+                return
+            data = encode_room(room, limit)  # now: the room may change while this waits
+            if data is None:
+                return
+            await self.bus.save_snapshot(snapshot_key(room.context_id), data)
+            room.saved = max(room.saved, up_to)
+            saved += 1
+
+        for i in range(0, len(rooms), SAVE_CONCURRENCY):
+            await asyncio.gather(*(one(r) for r in rooms[i : i + SAVE_CONCURRENCY]))
+        return saved
 
     def decide(self, room: Room, cmds: Sequence[PostMessage], now: int) -> Decision[PostMessage]:
         if room.context_id in self.rooms:
@@ -208,6 +297,7 @@ class ChatService:
         )
         self._subs: list[object] = []
         self._ticker: asyncio.Task[None] | None = None
+        self._saver: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._started = 0.0
 
@@ -228,13 +318,18 @@ class ChatService:
         ]
         await self.ownership.start()
         self._ticker = asyncio.create_task(self._tick_loop(), name="chat-ticker")
+        self._saver = asyncio.create_task(self._save_loop(), name="chat-room-snapshots")
         # A predecessor may have died between an append and its broadcast: gateways check their
         # rooms against the log now, instead of at the room's next message.
         await bus.publish(subjects.CHAT_READY, b"")
         log.info("chat ready")
 
     async def stop(self) -> None:
-        await tasks.stop([self._ticker])
+        await tasks.stop([self._ticker, self._saver])
+        try:  # while the partitions are still this worker's (giving them up forgets the rooms)
+            await asyncio.wait_for(self._save_rooms(in_memory=True), STOP_SAVE_S)
+        except Exception as exc:  # NATS gone too, or slow: the next loads read the log
+            log.warning("room snapshots not saved at stop", extra={"error": repr(exc)})
         await self.ownership.stop()
         await self.worker.stop()
         await tasks.stop(list(self._background))
@@ -311,6 +406,8 @@ class ChatService:
         # Only a room this worker writes is sure to be current in memory.
         room = self.rooms.rooms.get(req.contextId) if self.owns(req.contextId) else None
         log = RoomLog(self.bus, req.contextId)
+        if room is None:
+            room = await self.rooms.restore(log)  # from its snapshot, for this read only
         if room is not None:
             last = room.seq
         else:
@@ -409,6 +506,29 @@ class ChatService:
             log.warning("presence change not broadcast", extra={"error": str(exc)})
 
     # --- housekeeping ---------------------------------------------------------------------
+    async def _save_loop(self) -> None:
+        """Room snapshots: of rooms that left memory, at the next beat; of the rooms in memory
+        that changed, every ``SNAPSHOT_S``."""
+        all_at = time.monotonic() + SNAPSHOT_S
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)  # a periodic timer
+            everything = time.monotonic() >= all_at
+            try:
+                await self._save_rooms(in_memory=everything)
+            except Exception as exc:  # NATS away, say: the next loads read the log instead
+                log.warning("room snapshots not saved", extra={"error": repr(exc)})
+            if everything:
+                all_at = time.monotonic() + SNAPSHOT_S
+
+    async def _save_rooms(self, in_memory: bool) -> None:
+        rooms = list(self.rooms.evicted.values())
+        self.rooms.evicted.clear()
+        if in_memory:
+            rooms += [r for c, r in self.rooms.rooms.items() if self.owns(c)]
+        saved = await self.rooms.save(rooms)
+        if saved:
+            log.debug("room snapshots saved", extra={"rooms": saved})
+
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)  # a periodic timer, not synchronisation

@@ -31,6 +31,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from shared import subjects
 from shared.bus.chain import chain
@@ -184,6 +185,7 @@ class NatsBus(Bus):
         self._reconnect: list[Callable[[], Awaitable[None]]] = []
         self._leases: NatsLeases | None = None
         self._direct: DirectGets | None = None
+        self._snapshots_kv: KeyValue | None = None
 
     @property
     def nc(self) -> NATS:
@@ -195,6 +197,7 @@ class NatsBus(Bus):
         self._nc = value
         self._js = None
         self._direct = None
+        self._snapshots_kv = None
 
     @property
     def js(self) -> JetStreamContext:
@@ -360,12 +363,21 @@ class NatsBus(Bus):
             raise Unavailable(repr(exc)) from None
         return int(info.state.last_seq)
 
+    async def _snapshots(self) -> KeyValue:
+        # Looked up once (each lookup is a stream info request); a bucket deleted since is
+        # looked up again after the error it causes.
+        if self._snapshots_kv is None:
+            self._snapshots_kv = await self.js.key_value(subjects.SNAPSHOTS_BUCKET)
+        return self._snapshots_kv
+
     async def snapshot(self, key: str) -> bytes | None:
         try:
-            kv = await self.js.key_value(subjects.SNAPSHOTS_BUCKET)
-            entry = await kv.get(key)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
-            return None  # none yet (or a deployment from before snapshots): read the log
+            entry = await (await self._snapshots()).get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None  # none yet: read the log
+        except nats.js.errors.BucketNotFoundError:
+            self._snapshots_kv = None
+            return None  # a deployment from before snapshots: read the log
         except _BROKEN as exc:
             raise Unavailable(repr(exc)) from None
         return entry.value
@@ -373,12 +385,13 @@ class NatsBus(Bus):
     async def save_snapshot(self, key: str, data: bytes) -> None:
         try:
             try:
-                kv = await self.js.key_value(subjects.SNAPSHOTS_BUCKET)
+                kv = await self._snapshots()
             except nats.js.errors.BucketNotFoundError:  # provisioned before snapshots existed
                 await self.restore_streams()
-                kv = await self.js.key_value(subjects.SNAPSHOTS_BUCKET)
+                kv = await self._snapshots()
             await kv.put(key, data)
         except _BROKEN as exc:
+            self._snapshots_kv = None
             raise Unavailable(repr(exc)) from None
 
     def tail(self, subjects_: str, start: int, name: str | None = None) -> Tail:

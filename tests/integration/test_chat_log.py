@@ -6,6 +6,7 @@ the reference), on the in-memory bus and on a real nats-server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -19,13 +20,14 @@ from services.chat.roomlog import RoomLog
 from services.chat.service import ChatService
 from shared import subjects
 from shared.bus.memory import MemoryBus
-from shared.bus.port import Bus, Entry
+from shared.bus.port import Bus, Entry, Message
 from shared.config import load_settings
 from shared.schemas.commands import HistoryRequest, Origin, PostMessage
 from shared.schemas.events import ChatMessagePosted, UserJoined, UserLeft, encode_event
 from shared.schemas.wire import encode
 from shared.timefmt import now_ms
 from tests.bus_support import Tap
+from tests.conftest import T
 
 ROOMS = ("a", "b", "c", "d")
 N = 40  # messages per room, interleaved in the log with the others' and some garbage
@@ -195,16 +197,21 @@ async def test_start_reads_no_messages_and_rooms_go_on_from_their_tail() -> None
         await svc.stop()
 
 
-async def test_rooms_leaving_and_coming_back_keep_seq_and_dedup(memory_bus: MemoryBus) -> None:
+@pytest.mark.parametrize("snapshots", [False, True])
+async def test_rooms_leaving_and_coming_back_keep_seq_and_dedup(
+    memory_bus: MemoryBus, snapshots: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Many rooms through a cache of two, each keeping three messages: rooms are evicted and
-    reloaded from their tail all the time, and every seq stays gapless and every re-sent id is
-    answered with its first seq, never stored twice."""
+    reloaded all the time (from their tail, or from the snapshot saved when they left), and
+    every seq stays gapless and every re-sent id is answered with its first seq, never stored
+    twice."""
     bus = memory_bus
     settings = load_settings(
         {"AG_CHAT_RECENT_MESSAGES": "3", "AG_CHAT_CACHE_ROOMS": "2", "AG_HEARTBEAT_S": "60"}
     )
     svc = ChatService(settings, bus)
     tap = await Tap().watch(bus, subjects.gateway_replies("gw"))
+    reads = count_reads(bus, monkeypatch)
     await svc.start()
     rooms = [f"r{i}" for i in range(6)]
     try:
@@ -219,6 +226,12 @@ async def test_rooms_leaving_and_coming_back_keep_seq_and_dedup(memory_bus: Memo
                     sent += 1
             await tap.until(partial(replied, tap, sent))
             assert len(svc.rooms.rooms) <= 2 + 1  # the cap, give or take the room in use
+            if snapshots:
+                await svc._save_rooms(in_memory=False)  # what the next beat does
+                assert not svc.rooms.evicted
+        # From snapshots, a room that comes back reads none of its messages (nothing was
+        # written since it left); from the tail, every reload reads them.
+        assert (not reads) if snapshots else len(reads) > 10
         for ctx in rooms:
             stored = [h.event.seq for h in await RoomLog(bus, ctx).from_seq(1, 1000)]
             assert stored == list(range(1, 9)), ctx  # 8 posts, no doubles, no gaps
@@ -228,6 +241,138 @@ async def test_rooms_leaving_and_coming_back_keep_seq_and_dedup(memory_bus: Memo
         assert all(len(seqs) == 1 for seqs in by_id.values())  # a re-send gets the first seq
     finally:
         await svc.stop()
+
+
+def count_reads(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The room subjects the bus is asked to read from (``bus.read``) from now on."""
+    reads: list[str] = []
+    real = bus.read
+
+    async def counting(subject: str, *args: Any, **kwargs: Any) -> list[Entry]:
+        if subject.startswith("ag.evt.chat.") and subject.endswith(".message"):
+            reads.append(subject)
+        return await real(subject, *args, **kwargs)
+
+    monkeypatch.setattr(bus, "read", counting)
+    return reads
+
+
+def picture(room: Room) -> tuple[object, ...]:
+    pairs, dedup = room.snapshot()
+    return room.seq, room.base, room.last_subject_seq, pairs, sorted(dedup)
+
+
+async def test_rooms_load_from_their_snapshot_and_the_log_after_it(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A saved room loads from its snapshot: no read of its messages when nothing came since,
+    one short read when a few did, the tail again when many did; always the room its tail
+    gives. History of a room not in memory answers from its snapshot too."""
+    t0 = now_ms() - 1000 * (N + 30)  # every message in the dedup window
+    ref = await fill(bus, t0)
+    settings = load_settings({"AG_CHAT_RECENT_MESSAGES": "4", "AG_HEARTBEAT_S": "60"})
+    first = ChatService(settings, bus)
+    rooms = [await first.rooms.load(ctx) for ctx in ROOMS]
+    assert await first.rooms.save(rooms) == len(ROOMS)
+    assert await first.rooms.save(rooms) == 0  # unchanged since: not saved again
+    reads = count_reads(bus, monkeypatch)
+
+    async def check(ctx: str, most_reads: int) -> None:
+        svc = ChatService(settings, bus)
+        reads.clear()
+        restored = await svc.rooms.restore(RoomLog(bus, ctx))
+        assert len(reads) <= most_reads
+        tail = await svc.rooms._from_tail(RoomLog(bus, ctx))  # the reference: no snapshot
+        if most_reads > 1:
+            assert restored is None  # too far behind: the load reads the tail
+        else:
+            assert restored is not None and picture(restored) == picture(tail)
+            assert restored.saved < restored.last_subject_seq or most_reads == 0
+        loaded = await svc.rooms.load(ctx)
+        assert picture(loaded) == picture(tail)
+
+    for ctx in ROOMS:
+        await check(ctx, 0)
+        svc = ChatService(settings, bus)
+        reads.clear()
+        for limit in (1, 4):  # the newest few: from the snapshot, nothing read
+            got = json.loads(await svc._history(HistoryRequest(ctx, limit=limit)))
+            want, more = ref[ctx].history(limit)
+            assert [m["seq"] for m in got["messages"]] == [m.seq for m in want]
+            assert got["hasMore"] == more and got["lastSeq"] == N
+        got = json.loads(await svc._history(HistoryRequest(ctx, afterSeq=N - 2)))
+        assert [m["seq"] for m in got["messages"]] == [N - 1, N]
+        assert not reads
+    # A few more messages (and something undecodable) after the snapshots...
+    for ctx in ROOMS:
+        for i in range(3):
+            ev = message(ctx, N + 1 + i, now_ms())
+            await bus.append(subjects.chat_messages(ctx), encode_event(ev), msg_id=f"x{ctx}{i}")
+    await bus.append(subjects.chat_messages("b"), b"[1, 2", msg_id="junk-late")
+    for ctx in ROOMS:
+        await check(ctx, 1)
+    # ...and many more in one room: reading on from its snapshot would cost more than its tail.
+    for i in range(20):
+        ev = message("c", N + 4 + i, now_ms())
+        await bus.append(subjects.chat_messages("c"), encode_event(ev), msg_id=f"y{i}")
+    await check("c", 2)
+
+
+async def test_a_stopping_service_saves_its_rooms(bus: Bus) -> None:
+    from services.chat.room_snapshot import decode_room, snapshot_key
+
+    settings = load_settings({"AG_HEARTBEAT_S": "60"})
+    svc = ChatService(settings, bus)
+    replies: asyncio.Queue[Message] = asyncio.Queue()
+    await bus.subscribe(subjects.gateway_replies("gw"), replies.put)
+    await svc.start()
+    try:
+        for ctx in ROOMS:
+            await bus.submit(subjects.chat_commands(ctx), encode(post(ctx, "k")))
+            reply = json.loads((await asyncio.wait_for(replies.get(), T(10))).data)
+            assert reply["ok"]["seq"] == 1
+        assert all([await bus.snapshot(snapshot_key(ctx)) is None for ctx in ROOMS])
+    finally:
+        await svc.stop()
+    for ctx in ROOMS:
+        data = await bus.snapshot(snapshot_key(ctx))
+        assert data is not None
+        room = decode_room(data, ctx, None)
+        assert room.seq == 1 and room.duplicate_of("u", "k") == (room.messages[0].messageId, 1)
+
+
+async def test_a_snapshot_the_log_does_not_agree_with_is_not_used(bus: Bus) -> None:
+    """A snapshot is believed only where the log has its newest message, with that id, at
+    that sequence: garbage, another log's picture (same seqs, other messages) or one from past
+    the log's end are ignored and the room is read from its tail."""
+    import msgspec
+
+    from services.chat.room_snapshot import encode_room, snapshot_key
+
+    await fill(bus, now_ms() - 1000 * (N + 30))
+    settings = load_settings({"AG_CHAT_RECENT_MESSAGES": "4", "AG_HEARTBEAT_S": "60"})
+    svc = ChatService(settings, bus)
+    real = await svc.rooms._from_tail(RoomLog(bus, "a"))
+    pairs, dedup = real.snapshot()
+    forged = Room.restored(
+        "a",
+        4,
+        [(msgspec.structs.replace(e, messageId="forged" + e.messageId), s) for e, s in pairs],
+        real.last_subject_seq,
+        dedup,
+    )
+    ahead = Room.restored(
+        "a",
+        4,
+        [(msgspec.structs.replace(e, seq=e.seq + 100), s + 10_000) for e, s in pairs],
+        real.last_subject_seq + 10_000,
+        dedup,
+    )
+    for data in (b"garbage", encode_room(forged, 1 << 20), encode_room(ahead, 1 << 20)):
+        assert data is not None
+        await bus.save_snapshot(snapshot_key("a"), data)
+        assert await svc.rooms.restore(RoomLog(bus, "a")) is None
+        assert picture(await svc.rooms.load("a")) == picture(real)
 
 
 async def _presence(bus: Bus, ctx: str, user: str, joined: bool) -> int:

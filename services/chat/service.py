@@ -136,7 +136,7 @@ class ChatRooms:
         """The room from its snapshot, brought up to the log's end; None when there is no
         snapshot the log agrees with, or the log has moved on too far since (read the tail)."""
         data, (last, newest) = await asyncio.gather(
-            self.bus.snapshot(snapshot_key(room_log.context_id)), room_log.last_hit()
+            self._snapshot(room_log.context_id), room_log.last_hit()
         )
         if data is None or last is None:
             return None
@@ -179,6 +179,13 @@ class ChatRooms:
                 return None  # far behind: reading the tail costs less
             start = entries[-1].seq + 1
         return room
+
+    async def _snapshot(self, context_id: str) -> bytes | None:
+        try:
+            return await self.bus.snapshot(snapshot_key(context_id))
+        except Unavailable as exc:  # a cache: the room is read from the log instead
+            log.warning("room snapshot not read", extra={"error": str(exc)})
+            return None
 
     async def _from_tail(self, log: RoomLog) -> Room:
         keep = self.settings.chat_recent_messages

@@ -20,7 +20,7 @@ from services.chat.roomlog import RoomLog
 from services.chat.service import ChatService
 from shared import subjects
 from shared.bus.memory import MemoryBus
-from shared.bus.port import Bus, Entry, Message
+from shared.bus.port import Bus, Entry, Message, Unavailable
 from shared.config import load_settings
 from shared.schemas.commands import HistoryRequest, Origin, PostMessage
 from shared.schemas.events import ChatMessagePosted, UserJoined, UserLeft, encode_event
@@ -341,7 +341,9 @@ async def test_a_stopping_service_saves_its_rooms(bus: Bus) -> None:
         assert room.seq == 1 and room.duplicate_of("u", "k") == (room.messages[0].messageId, 1)
 
 
-async def test_a_snapshot_the_log_does_not_agree_with_is_not_used(bus: Bus) -> None:
+async def test_a_snapshot_the_log_does_not_agree_with_is_not_used(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A snapshot is believed only where the log has its newest message, with that id, at
     that sequence: garbage, another log's picture (same seqs, other messages) or one from past
     the log's end are ignored and the room is read from its tail."""
@@ -373,6 +375,16 @@ async def test_a_snapshot_the_log_does_not_agree_with_is_not_used(bus: Bus) -> N
         await bus.save_snapshot(snapshot_key("a"), data)
         assert await svc.rooms.restore(RoomLog(bus, "a")) is None
         assert picture(await svc.rooms.load("a")) == picture(real)
+    # A snapshot store that cannot answer is a cache miss, not a failed load.
+    await bus.save_snapshot(snapshot_key("a"), encode_room(real, 1 << 20) or b"")
+    assert await svc.rooms.restore(RoomLog(bus, "a")) is not None
+
+    async def unavailable(key: str) -> bytes | None:
+        raise Unavailable("the snapshot bucket is electing a leader")
+
+    monkeypatch.setattr(bus, "snapshot", unavailable)
+    assert await svc.rooms.restore(RoomLog(bus, "a")) is None
+    assert picture(await svc.rooms.load("a")) == picture(real)
 
 
 async def _presence(bus: Bus, ctx: str, user: str, joined: bool) -> int:

@@ -37,6 +37,7 @@ from shared import subjects
 from shared.bus.chain import chain
 from shared.bus.nats_commands import CommandQueue
 from shared.bus.nats_direct import DirectGets
+from shared.bus.nats_flush import connect as coalescing_connect
 from shared.bus.nats_leases import NatsLeases
 from shared.bus.nats_streams import describe_streams, ensure_streams, stream_configs
 from shared.bus.nats_tail import Tail
@@ -89,7 +90,7 @@ async def connect(settings: Settings, name: str, **kwargs: Any) -> NatsBus:
         "error_cb": _error,
     }
     options.update(kwargs)
-    bus.nc = await nats.connect(servers=settings.nats_servers, name=name, **options)
+    bus.nc = await coalescing_connect(servers=settings.nats_servers, name=name, **options)
     return bus
 
 

@@ -25,8 +25,19 @@ class _Lingering(asyncio.Queue[Any]):
 
     async def get(self) -> Any:
         item = await super().get()
-        for _ in range(FLUSH_TURNS):
-            await asyncio.sleep(0)  # one loop turn (not a timed wait)
+        try:
+            for _ in range(FLUSH_TURNS):
+                await asyncio.sleep(0)  # one loop turn (not a timed wait)
+        except asyncio.CancelledError:
+            # The flusher is cancelled (a reconnect replaces it): the wake-up goes back for the
+            # next one, as it would have stayed queued with nats-py's own get; else a forced
+            # flush waiting on it (no flush timeout by default) would wait for ever.
+            try:
+                self.put_nowait(item)
+            except asyncio.QueueFull:
+                if not item.done():
+                    item.set_result(None)
+            raise
         return item
 
 

@@ -18,15 +18,25 @@ N = 40
 async def _writes(nc: Any, nc_sub: Any, subject: str) -> int:
     """Socket writes to publish N messages from N tasks, task i publishing i loop turns in."""
     got: list[bytes] = []
-    done = asyncio.Event()
+    done, probed = asyncio.Event(), asyncio.Event()
 
     async def on(msg: Any) -> None:
+        if msg.data == b"probe":
+            probed.set()
+            return
         got.append(msg.data)
         if len(got) == N:
             done.set()
 
     await nc_sub.subscribe(subject, cb=on)
-    await nc_sub.flush()
+    # The subscription is known to the server once a message through it arrives (a flush's
+    # PING may overtake the SUB in nats-py).
+    while not probed.is_set():
+        await nc.publish(subject, b"probe")
+        try:
+            await asyncio.wait_for(probed.wait(), 0.2)  # then probe again
+        except TimeoutError:
+            pass
     transport = nc._transport
     real = transport.writelines
     writes = 0

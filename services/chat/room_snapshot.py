@@ -45,21 +45,35 @@ def snapshot_key(context_id: str) -> str:
 
 def encode_room(room: Room, limit: int) -> bytes | None:
     """The room's snapshot in at most ``limit`` bytes (fewer messages when they do not fit:
-    a snapshot of the newest few is still a room's picture); None for a room with no messages."""
+    a snapshot of the newest few is still a room's picture); None for a room with no messages,
+    or whose dedup entries alone do not fit (they are never cut: a snapshot without some would
+    store a re-sent frame twice)."""
     pairs, dedup = room.snapshot()
+    first = True
     while pairs:
-        snap = _RoomSnapshot(
-            room.context_id,
-            room.last_subject_seq,
-            [ev for ev, _ in pairs],
-            [seq for _, seq in pairs],
-            dedup,
-        )
-        data = zlib.compress(msgspec.msgpack.encode(snap), 1)
+        data = _encode(room, pairs, dedup)
         if len(data) <= limit:
             return data
+        if first and len(_encode(room, [], dedup)) > limit:
+            return None
+        first = False
         pairs = pairs[len(pairs) // 2 :] if len(pairs) > 1 else []
     return None
+
+
+def _encode(
+    room: Room,
+    pairs: list[tuple[ChatMessagePosted, int]],
+    dedup: list[tuple[str, str, str, int, int]],
+) -> bytes:
+    snap = _RoomSnapshot(
+        room.context_id,
+        room.last_subject_seq,
+        [ev for ev, _ in pairs],
+        [seq for _, seq in pairs],
+        dedup,
+    )
+    return zlib.compress(msgspec.msgpack.encode(snap), 1)
 
 
 def decode_room(data: bytes, context_id: str, keep: int | None) -> Room:

@@ -89,7 +89,9 @@ class ChatRooms:
         self.rooms: OrderedDict[str, Room] = OrderedDict()
         self.limiter = KeyedLimiter(settings.rate_broadcasts_per_minute)
         self.evict: Callable[[str], bool] = lambda _: True  # the worker's, once it exists
-        self.evicted: dict[str, Room] = {}  # rooms that left memory with an unsaved snapshot
+        # Rooms that left memory with an unsaved snapshot (at most as many as stay in memory).
+        self.evicted: dict[str, Room] = {}
+        self.cap = settings.chat_cache_rooms
 
     # --- the worker's side ----------------------------------------------------------------
     def decode(self, data: bytes) -> PostMessage:
@@ -174,10 +176,10 @@ class ChatRooms:
                     room.apply(ev, entry.seq)
                 else:
                     room.skip(entry.seq)
-            budget -= len(entries)
-            if budget <= 0:
-                return None  # far behind: reading the tail costs less
             start = entries[-1].seq + 1
+            budget -= len(entries)
+            if budget <= 0 and start <= last.seq:
+                return None  # far behind: reading the tail costs less
         return room
 
     async def _snapshot(self, context_id: str) -> bytes | None:
@@ -218,7 +220,7 @@ class ChatRooms:
 
     def _bound(self) -> None:
         """Drop the least recently used rooms the worker is not using, down to the cap."""
-        over = len(self.rooms) - self.settings.chat_cache_rooms
+        over = len(self.rooms) - self.cap
         if over <= 0:
             return  # the common case, once per batch: nothing to look at
         for context_id in list(self.rooms):
@@ -226,7 +228,7 @@ class ChatRooms:
                 return
             if self.evict(context_id):
                 room = self.rooms.pop(context_id)
-                if room.last_subject_seq != room.saved:
+                if room.last_subject_seq != room.saved and len(self.evicted) < self.cap:
                     self.evicted[context_id] = room  # saved soon: the next load is cheap
                 over -= 1
 
@@ -247,8 +249,16 @@ class ChatRooms:
             room.saved = max(room.saved, up_to)
             saved += 1
 
+        failed: list[BaseException] = []
         for i in range(0, len(rooms), SAVE_CONCURRENCY):
-            await asyncio.gather(*(one(r) for r in rooms[i : i + SAVE_CONCURRENCY]))
+            done = await asyncio.gather(
+                *(one(r) for r in rooms[i : i + SAVE_CONCURRENCY]), return_exceptions=True
+            )
+            failed += [e for e in done if isinstance(e, BaseException)]
+        if failed:  # each room that failed is saved again later, or read from the log
+            log.warning(
+                "room snapshots not saved", extra={"rooms": len(failed), "error": repr(failed[0])}
+            )
         return saved
 
     def decide(self, room: Room, cmds: Sequence[PostMessage], now: int) -> Decision[PostMessage]:

@@ -76,6 +76,12 @@ def test_a_snapshot_too_big_for_the_limit_keeps_the_newest_messages() -> None:
     assert 0 < len(back.messages) < 200 and back.messages[-1] == room.messages[-1]
     assert back.duplicate_of("u1", "k1") == room.duplicate_of("u1", "k1")  # dedup kept whole
     assert encode_room(Room("empty"), 1 << 20) is None  # nothing to picture
+    # Dedup entries are never cut: when they alone are over the limit, there is no snapshot.
+    busy = Room("c", keep=2)
+    for i in range(1, 3001):
+        busy.apply(ev(i, i, f"client-{i:06d}-{'x' * (i % 7)}"), i)
+    assert len(busy.messages) < 5 and encode_room(busy, 4_000) is None
+    assert encode_room(busy, 1 << 20) is not None
 
 
 def _raw(**fields: object) -> bytes:

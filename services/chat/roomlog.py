@@ -184,3 +184,31 @@ class RoomLog:
             out.extend(self._messages(entries))
             start = entries[-1].seq + 1
         return out[:count]
+
+    async def history(
+        self, last: int, limit: int, before_ms: int | None, before_seq: int | None
+    ) -> tuple[list[ChatMessagePosted], bool]:
+        """``Room.history`` on the room's subject (``last``: the room's seq): the newest
+        ``limit`` before the cursors, and hasMore."""
+        end = last + 1  # the seq after the page
+        if before_seq is not None:
+            end = min(end, max(before_seq, 1))
+        if before_ms is not None:
+            at = await self.seek(lambda e: e.ts, before_ms)
+            if at is not None:
+                end = min(end, at.event.seq)
+        start = max(1, end - limit)
+        if end <= start:
+            return [], False
+        page = [h.event for h in await self.from_seq(start, end - start) if h.event.seq < end]
+        return page, start > 1
+
+    async def after(self, last: int, seq: int, cap: int) -> tuple[list[ChatMessagePosted], bool]:
+        """``Room.after`` on the room's subject."""
+        missed = last - max(seq, 0)
+        if missed > cap:
+            return [], True
+        if missed <= 0:
+            return [], False
+        hits = await self.from_seq(seq + 1, missed)
+        return [h.event for h in hits if h.event.seq <= last], False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
@@ -17,7 +17,8 @@ import pytest
 
 from services.chat.room import Room
 from services.chat.roomlog import RoomLog
-from services.chat.service import CATCH_UP, ChatService
+from services.chat.rooms import CATCH_UP
+from services.chat.service import ChatService
 from shared import subjects
 from shared.bus.memory import MemoryBus
 from shared.bus.port import Bus, Entry, Message, Unavailable
@@ -245,15 +246,22 @@ async def test_rooms_leaving_and_coming_back_keep_seq_and_dedup(
         await svc.stop()
 
 
-def count_reads(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The room subjects the bus is asked to read from (``bus.read``) from now on."""
-    reads: list[str] = []
+def count_reads(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch, wanted: Callable[[str], bool] | None = None
+) -> list[tuple[str, list[int]]]:
+    """Each read of the bus (``bus.read``) from now on, of the subjects ``wanted`` (by default
+    rooms' message subjects): the subject and the sequences of the entries it returned."""
+    reads: list[tuple[str, list[int]]] = []
     real = bus.read
 
+    def rooms(subject: str) -> bool:
+        return subject.startswith("ag.evt.chat.") and subject.endswith(".message")
+
     async def counting(subject: str, *args: Any, **kwargs: Any) -> list[Entry]:
-        if subject.startswith("ag.evt.chat.") and subject.endswith(".message"):
-            reads.append(subject)
-        return await real(subject, *args, **kwargs)
+        entries = await real(subject, *args, **kwargs)
+        if (wanted or rooms)(subject):
+            reads.append((subject, [e.seq for e in entries]))
+        return entries
 
     monkeypatch.setattr(bus, "read", counting)
     return reads
@@ -284,7 +292,9 @@ async def test_rooms_load_from_their_snapshot_and_the_log_after_it(
         reads.clear()
         restored = await svc.rooms.restore(RoomLog(bus, ctx))
         assert len(reads) <= most_reads
-        tail = await svc.rooms._from_tail(RoomLog(bus, ctx))  # the reference: no snapshot
+        tail = await svc.rooms.from_tail(
+            RoomLog(bus, ctx), svc.rooms.horizon()
+        )  # the reference: no snapshot
         if not used:
             assert restored is None  # too far behind: the load reads the tail
         else:
@@ -361,7 +371,7 @@ async def test_a_snapshot_the_log_does_not_agree_with_is_not_used(
     await fill(bus, now_ms() - 1000 * (N + 30))
     settings = load_settings({"AG_CHAT_RECENT_MESSAGES": "4", "AG_HEARTBEAT_S": "60"})
     svc = ChatService(settings, bus)
-    real = await svc.rooms._from_tail(RoomLog(bus, "a"))
+    real = await svc.rooms.from_tail(RoomLog(bus, "a"), svc.rooms.horizon())
     pairs, dedup = real.snapshot()
     forged = Room.restored(
         "a",
@@ -429,16 +439,8 @@ async def test_presence_starts_from_its_snapshot_and_reads_only_what_came_after(
         await log_presence("r9", "new", True),
     ]
 
-    read: list[int] = []  # presence entries read at start (the follower tails, it does not read)
-    real = bus.read
-
-    async def counting(subject: str, *args: Any, **kwargs: Any) -> list[Entry]:
-        entries = await real(subject, *args, **kwargs)
-        if subject == subjects.CHAT_PRESENCE_ALL:
-            read.extend(e.seq for e in entries)
-        return entries
-
-    monkeypatch.setattr(bus, "read", counting)
+    # presence entries read at start (the follower tails, it does not read)
+    read = count_reads(bus, monkeypatch, lambda subject: subject == subjects.CHAT_PRESENCE_ALL)
     present = sorted((ctx, user) for (ctx, user), joined in expected.items() if joined)
     for snapshot, wanted in ((saved, later), (b"not a snapshot", first_seqs + later)):
         await bus.save_snapshot(chat_module.PRESENCE_SNAPSHOT, snapshot)
@@ -446,7 +448,7 @@ async def test_presence_starts_from_its_snapshot_and_reads_only_what_came_after(
         svc = ChatService(settings, bus)
         await svc.start()
         try:
-            assert read == wanted
+            assert [seq for _, seqs in read for seq in seqs] == wanted
             assert sorted((room, user) for room, user, _, _ in svc.logged.entries()) == present
             assumed = [
                 (r, u["userId"]) for r in svc.presence.rooms() for u in svc.presence.users(r)

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from prometheus_client import start_http_server
 
+from shared import gc_tuning
 from shared.bus.nats import connect
 from shared.bus.port import Bus
 from shared.config import Settings, load_settings
@@ -48,6 +49,7 @@ def run_service(name: str, factory: Callable[[Settings, Bus], Service]) -> None:
     settings = load_settings()
     setup_logging(name, settings.log_format, settings.log_level)
     watch_parent()
+    gc_tuning.tune()
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.gateway_host)
     asyncio.run(_main(name, settings, factory))
@@ -61,6 +63,7 @@ async def _main(name: str, settings: Settings, factory: Callable[[Settings, Bus]
     bus = await connect(settings, name)
     service = factory(settings, bus)
     await _guarded(service.start, name, "start")
+    gc_tuning.settle()
     log.info("service started")
     await stop.wait()
     log.info("service stopping")

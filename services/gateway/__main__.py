@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from types import FrameType
 
 import uvicorn
 
 from services.gateway.app import Gateway, create_app
 from services.gateway.outlet import OutletProtocol
+from shared import gc_tuning
 from shared.config import Settings, load_settings
 from shared.logs import setup_logging
 from shared.runner import watch_parent
@@ -18,6 +20,10 @@ from shared.runner import watch_parent
 class _Server(uvicorn.Server):
     gateway: Gateway
     _drain: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)  # the app's lifespan has run: the gateway is started
+        gc_tuning.settle()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit:
@@ -58,6 +64,7 @@ def main() -> None:
     settings = load_settings()
     setup_logging("gateway", settings.log_format, settings.log_level)
     watch_parent()
+    gc_tuning.tune()
     server = build_server(settings)
     server.run()
 

@@ -205,6 +205,12 @@ class Conn:
         awaitable may instead resolve to a ``Reply`` whose ``then`` is known only then.
         """
         if result is None or isinstance(result, str | Reply):
+            pump = self._pump_task
+            if self._started and not self._replies and (pump is None or pump.done()):
+                # Nothing before it in flight: out now, without a future and a pump task.
+                if self.state is not ConnState.CLOSED:
+                    self._release(result, then)
+                return
             fut: asyncio.Future[ReplyLike] = asyncio.get_running_loop().create_future()
             fut.set_result(result)
         else:
@@ -264,18 +270,22 @@ class Conn:
                 # Python 3.11's wait_for can swallow a cancel that lands as its future completes;
                 # honour it here or stop() would wait for this loop forever.
                 raise asyncio.CancelledError
-            if isinstance(result, Reply):
-                text, then = result.text, then or result.then
-            else:
-                text = result
-            if text is not None and not self.closed:
-                self._emit(text, False)
-            if then is not None:
-                then()
+            self._release(result, then)
         if self._replies is replies:
             self._replies = None
         if self._pump_task is me:
             self._pump_task = None  # a done task is ~0.3 KB that an idle socket need not keep
+
+    def _release(self, result: ReplyLike, then: Callable[[], None] | None) -> None:
+        """A reply whose turn has come: its text out, then what must follow it."""
+        if isinstance(result, Reply):
+            text, then = result.text, then or result.then
+        else:
+            text = result
+        if text is not None and not self.closed:
+            self._emit(text, False)
+        if then is not None:
+            then()
 
     async def _writer(self) -> None:
         out = self._out

@@ -132,9 +132,8 @@ _PINGS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Expiries[OutletProt
 _PINGS = weakref.WeakKeyDictionary()
 
 
-def _pings() -> Expiries[OutletProtocol]:
+def _pings(loop: asyncio.AbstractEventLoop) -> Expiries[OutletProtocol]:
     """The keepalive pings of every socket on this loop, under one timer."""
-    loop = asyncio.get_running_loop()
     found = _PINGS.get(loop)
     if found is None:
         # time.monotonic is the loop's clock; the loop's own bound method would keep the loop
@@ -160,7 +159,7 @@ class OutletProtocol(WebSocketsSansIOProtocol):
         # uvicorn's own is a loop timer per socket (~0.5 KB each); the shared wheel pings up to
         # a second late, which a keepalive does not mind.
         assert self.ping_interval is not None
-        pings = _pings()
+        pings = _pings(self.loop)
         pings.set(self, pings.clock() + max(0.0, self.ping_interval - self.last_ping_rtt))
         self.ping_timer = Filed(pings, self)  # type: ignore[assignment]
 
@@ -261,12 +260,17 @@ class Flusher:
         self._dirty: list[_Flushable] = []
         self._cache = FrameCache()
         self._scheduled = False
+        # Kept: asyncio.get_running_loop() costs a getpid() system call each time.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def mark(self, conn: _Flushable) -> None:
         self._dirty.append(conn)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_all)
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._flush_all)
 
     def _flush_all(self) -> None:
         self._scheduled = False

@@ -145,13 +145,19 @@ async def test_the_overflow_policy_holds_on_the_fast_path_too() -> None:
 async def test_replies_take_the_same_path() -> None:
     h = Harness()
     await h.conn.reply('{"reply":1}')
-    await h.conn.reply('{"reply":2}')
+    assert h.conn._pump_task is None  # nothing before it in flight: released at once
+    slow: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    await h.conn.reply(slow)
+    await h.conn.reply('{"reply":3}')  # ready, but behind one that is not: it waits
+    await h.turn()
+    assert h.outlet.messages() == [{"reply": 1}]
+    slow.set_result('{"reply":2}')
     assert h.conn._pump_task is not None
     await h.conn._pump_task  # the pump releases both replies, then ends
     await h.turn()
     h.conn.push('{"live":1}')
     await h.turn()
-    assert h.outlet.messages() == [{"reply": 1}, {"reply": 2}, {"live": 1}]
+    assert h.outlet.messages() == [{"reply": 1}, {"reply": 2}, {"reply": 3}, {"live": 1}]
     assert h.sent == []
     await h.stop()
 

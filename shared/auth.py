@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from jwt.algorithms import Algorithm
 
 from shared.config import ConfigError, Settings
 
@@ -86,6 +87,59 @@ def _roles(claims: dict[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found)) or ("learner",)
 
 
+class _PreparedKey(Algorithm):
+    """An allowed algorithm with the server's key prepared once.
+
+    PyJWT prepares the key on every decode: an HMAC secret is checked not to be a PEM, SSH, DER
+    or JSON key, a public key is parsed from its PEM. That was most of a token check's cost
+    (py-spy: ~7% of the gateway's CPU while sockets opened). Any other key is prepared as
+    PyJWT would.
+    """
+
+    def __init__(self, inner: Algorithm, key: str | bytes) -> None:
+        self._inner = inner
+        self._key = key
+        self._prepared = inner.prepare_key(key)
+
+    def prepare_key(self, key: Any) -> Any:
+        return self._prepared if key is self._key else self._inner.prepare_key(key)
+
+    def check_key_length(self, key: Any) -> str | None:
+        return self._inner.check_key_length(key)
+
+    def sign(self, msg: bytes, key: Any) -> bytes:
+        return self._inner.sign(msg, key)
+
+    def verify(self, msg: bytes, key: Any, sig: bytes) -> bool:
+        return self._inner.verify(msg, key, sig)
+
+    @staticmethod
+    def to_jwk(key_obj: Any, as_dict: bool = False) -> Any:
+        raise NotImplementedError("verification only")
+
+    @staticmethod
+    def from_jwk(jwk: Any) -> Any:
+        raise NotImplementedError("verification only")
+
+
+def _decoder(algorithms: list[str], key: str | bytes) -> jwt.PyJWT:
+    """A PyJWT that knows only the allowed algorithms, each with the key prepared once."""
+    decoder = jwt.PyJWT()
+    jws = getattr(decoder, "_jws", None)
+    if not isinstance(jws, jwt.PyJWS):  # another PyJWT inside: its own (slower) path is right
+        return decoder
+    jws = jwt.PyJWS(algorithms=algorithms, options=jws.options)
+    for name in algorithms:
+        try:
+            prepared = _PreparedKey(jws.get_algorithm_by_name(name), key)
+        except (jwt.PyJWTError, ValueError) as exc:
+            raise ConfigError(f"the JWT key cannot serve {name}: {exc}") from None
+        jws.unregister_algorithm(name)
+        jws.register_algorithm(name, prepared)
+    decoder._jws = jws
+    return decoder
+
+
 class TokenVerifier:
     """Verifies tokens against the configured key and allow-list."""
 
@@ -110,6 +164,7 @@ class TokenVerifier:
             if not settings.jwt_secret:
                 raise ConfigError("AG_JWT_SECRET is required for HS* algorithms")
             self.key = settings.jwt_secret
+        self._jwt = _decoder(self.algorithms, self.key)
 
     def verify(self, token: str, now: float) -> Identity:
         if not isinstance(token, str) or not token:
@@ -123,7 +178,7 @@ class TokenVerifier:
             "verify_iss": self.issuer is not None,
         }
         try:
-            claims = jwt.decode(
+            claims = self._jwt.decode(
                 token,
                 self.key,
                 algorithms=self.algorithms,
@@ -131,7 +186,7 @@ class TokenVerifier:
                 issuer=self.issuer,
                 options=options,  # type: ignore[arg-type]
             )
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # InvalidTokenError, or a key PyJWT would not use
             raise AuthFailure(type(exc).__name__) from None
         exp = claims.get("exp")
         sub = claims.get("sub")

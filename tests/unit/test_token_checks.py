@@ -154,3 +154,42 @@ def test_minted_dev_token_round_trips() -> None:
     )
     ident = TokenVerifier(settings).verify(tok, time.time())
     assert ident.name == "A" and ident.contexts == {"c1", "c2"} and ident.roles == ("admin",)
+
+
+def test_the_key_is_prepared_once_and_every_signature_is_still_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jwt.algorithms import HMACAlgorithm
+
+    tokens = [enc({"sub": f"u{i}", "exp": NOW + 60}) for i in range(3)]
+    other = enc({"sub": "u", "exp": NOW + 60}, key="o" * 64)
+    head, body, sig = enc({"sub": "u", "exp": NOW + 60}).split(".")
+    forged_body = enc({"sub": "admin", "exp": NOW + 60}).split(".")[1]
+    calls: list[object] = []
+    real = HMACAlgorithm.prepare_key
+    monkeypatch.setattr(
+        HMACAlgorithm, "prepare_key", lambda self, key: calls.append(key) or real(self, key)
+    )
+    v = verifier()
+    for i, tok in enumerate(tokens):
+        assert v.verify(tok, NOW).user_id == f"u{i}"
+    assert len(calls) == 1
+    for bad in (other, f"{head}.{forged_body}.{sig}", f"{head}.{body}.{sig[:-4]}AAAA"):
+        with pytest.raises(AuthFailure):
+            v.verify(bad, NOW)
+
+
+def test_an_allowed_algorithm_the_key_cannot_serve_is_a_config_error(tmp_path: Path) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pub = tmp_path / "pub.pem"
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    with pytest.raises(ConfigError, match="ES256"):
+        TokenVerifier(
+            load_settings({"AG_JWT_ALGORITHMS": "RS256,ES256", "AG_JWT_PUBLIC_KEY": str(pub)})
+        )
+    with pytest.raises(ConfigError, match="HS256"):  # a PEM is no HMAC secret
+        verifier(AG_JWT_SECRET=pub.read_text())

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ops.bench.wsload import FrameParser
 from services.gateway.connection import Conn
-from services.gateway.outlet import Flusher, FrameCache, text_frame
+from services.gateway.outlet import FLUSH_TURNS, Flusher, FrameCache, text_frame
 
 
 class FakeOutlet:
@@ -50,9 +50,10 @@ class Harness:
         self.sent.append(message)
 
     async def turn(self) -> None:
-        """End this loop turn: the flusher is a ``call_soon`` callback, so it has run when the
-        test resumes (no timer involved)."""
-        await asyncio.sleep(0)
+        """Let the pending flush happen: the flusher waits ``FLUSH_TURNS`` loop turns through
+        ``call_soon`` callbacks, so it has run when the test resumes (no timer involved)."""
+        for _ in range(FLUSH_TURNS + 1):
+            await asyncio.sleep(0)
 
     async def stop(self) -> None:
         await self.conn.stop()
@@ -91,6 +92,20 @@ async def test_frames_of_one_turn_leave_in_one_write_in_order() -> None:
     assert len(h.outlet.writes) == 1
     assert h.outlet.messages() == [{"n": i} for i in range(5)]
     assert h.sent == []  # the ASGI path was not used
+    await h.stop()
+
+
+async def test_frames_of_the_next_turns_join_the_same_write() -> None:
+    h = Harness()
+    for i in range(FLUSH_TURNS + 1):
+        h.conn.push(json.dumps({"n": i}))  # one frame in each turn the flush waits
+        assert h.outlet.writes == []
+        await asyncio.sleep(0)
+    assert len(h.outlet.writes) == 1
+    assert h.outlet.messages() == [{"n": i} for i in range(FLUSH_TURNS + 1)]
+    h.conn.push('{"n":"later"}')  # after the flush: the next write
+    await h.turn()
+    assert len(h.outlet.writes) == 2
     await h.stop()
 
 

@@ -11,6 +11,7 @@ import uvicorn
 
 from services.gateway.app import Gateway, create_app
 from services.gateway.outlet import OutletProtocol
+from services.gateway.upgrade import UpgradingHttpProtocol
 from shared import gc_tuning
 from shared.config import Settings, load_settings
 from shared.logs import setup_logging
@@ -40,6 +41,7 @@ def build_server(settings: Settings) -> _Server:
         app,
         host=settings.gateway_host,
         port=settings.gateway_port,
+        http=UpgradingHttpProtocol,  # httptools, without a reference cycle per socket
         ws=OutletProtocol,  # uvicorn's websockets-sansio, plus pre-built frames (outlet.py)
         # Bigger than the protocol limit so oversize frames get `too_large`, not a hard 1009.
         ws_max_size=max(16 * settings.max_frame_bytes, 1 << 20),

@@ -26,7 +26,6 @@ from shared.auth import Identity
 from shared.bus.port import Unavailable
 from shared.errors import (
     CLOSE_SERVICE_RESTART,
-    CLOSE_TRY_AGAIN,
     InvalidMessage,
     Refusal,
     ServiceUnavailable,
@@ -67,7 +66,7 @@ class ChatMember(SocketReceiver):
 
     def __init__(self, authed: Authed, limit: int) -> None:
         super().__init__(authed)
-        self.gate = HoldGate(authed.push, self._overflow, limit)
+        self.gate = HoldGate(authed.push, authed.slow_consumer, limit)
         self.present = False  # announced to presence, so heartbeats list it
 
     def offer(
@@ -77,9 +76,6 @@ class ChatMember(SocketReceiver):
 
     def break_stream(self, reason: str) -> None:
         self.authed.close(CLOSE_SERVICE_RESTART, reason)
-
-    def _overflow(self) -> None:
-        self.authed.close(CLOSE_TRY_AGAIN, "slow consumer")
 
 
 class ChatEndpoint:

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from services.gateway.connection import Authed
 from services.gateway.fanout import SocketReceiver
 from services.gateway.holdgate import HoldGate
-from shared.errors import CLOSE_TRY_AGAIN
 from shared.schemas.commands import SessionMember
 
 __all__ = ["Member"]
@@ -34,7 +33,7 @@ class Member(SocketReceiver):
         self.role = role
         self.joined = False  # session_joined was sent
         self.announced = False  # the service was told (heartbeats list it from then on)
-        self.gate = HoldGate(authed.push, self._overflow, limit)
+        self.gate = HoldGate(authed.push, authed.slow_consumer, limit)
         self.seen = 0  # highest version handed over, held, or covered by a reply or ack
         self._progress = asyncio.Event()
 
@@ -67,6 +66,3 @@ class Member(SocketReceiver):
     def ref(self) -> SessionMember:
         a = self.authed
         return SessionMember(a.context_id, self.session_id, a.id, a.user_id, a.user_name, self.role)
-
-    def _overflow(self) -> None:
-        self.authed.close(CLOSE_TRY_AGAIN, "slow consumer")

@@ -163,19 +163,19 @@ class Conn:
                 if len(pending) == 1 and self._flusher is not None:
                     self._flusher.mark(self)
             elif not droppable:
-                self._slow()
+                self.slow_consumer()
             return
         out = self._out
         if out is None:
             out = self._out = deque()
         if len(out) >= self._max_queue:
             if not droppable:
-                self._slow()
+                self.slow_consumer()
             return
         out.append(text)
         self._wake_writer()
 
-    def _slow(self) -> None:
+    def slow_consumer(self) -> None:
         log.warning("slow consumer closed", extra={"connectionId": self.id})
         self.close(CLOSE_TRY_AGAIN, "slow consumer")
 
@@ -347,6 +347,12 @@ class Authed:
 
     def close(self, code: int, reason: str = "") -> None:
         self.conn.close(code, reason)
+
+    def slow_consumer(self) -> None:
+        """Close as too slow (1013): what a member's full ``HoldGate`` calls. A method of this
+        object, not of the member, so the gate does not refer back to its member (a cycle
+        would keep a closed socket's objects until a full collection)."""
+        self.conn.slow_consumer()
 
     def ref(self) -> Connection:
         """This socket as presence bookkeeping names it."""

@@ -159,6 +159,7 @@ class SessionRunner:
                     "contextId": conn.context_id,
                 },
             )
+            conn.authed = None  # Authed refers back to it: a cycle only the collector would free
 
     async def _loop(
         self, socket: WebSocket[Any, Any, Any], conn: Conn, endpoint: Endpoint, state: _Limits

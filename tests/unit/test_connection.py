@@ -69,3 +69,27 @@ async def test_a_failing_reply_is_logged_and_the_next_ones_still_go_out() -> Non
     await authed.reply('{"n":2}')
     assert await s.next() == {"n": 2}
     await s.stop()
+
+
+async def test_a_closed_sockets_members_go_without_the_collector() -> None:
+    """A member's gate calls the socket, not the member: no reference cycle, so a closed
+    socket's members are freed by reference counting."""
+    import gc
+
+    from services.gateway.chat import ChatMember
+    from services.gateway.collab_member import Member
+
+    sock = Socket("chat")
+    authed = sock.open("ann", "c1")
+    members: list[object] = [ChatMember(authed, 8), Member(authed, "s1", "participant", 8)]
+    await sock.stop()
+    sock.conn.authed = None  # what the session does once the socket is gone
+    gc.collect()
+    gc.disable()
+    try:
+        watched = {id(o): type(o) for o in members}  # (this Socket's send refers to itself)
+        del members, authed, sock
+        left = [o for o in gc.get_objects() if watched.get(id(o)) is type(o)]
+        assert left == []
+    finally:
+        gc.enable()

@@ -14,6 +14,7 @@ from typing import Any
 
 from services.gateway import metrics
 from services.gateway.origins import OriginPolicy
+from services.gateway.outlet import EXTENSION
 from shared.config import Settings
 from shared.logs import get_logger
 from shared.ratelimit import KeyedLimiter
@@ -72,6 +73,25 @@ async def _http_refuse(send: Any, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def _finished(*_: Any) -> Any:
+    raise RuntimeError("this connection's ASGI call has returned")
+
+
+class _Detachable:
+    """An ASGI receive or send that can let go of what it calls."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __call__(self, *args: Any) -> Any:
+        return self._call(*args)
+
+    def detach(self) -> None:
+        self._call = _finished
+
+
 class ConnectionGate:
     def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app
@@ -100,7 +120,19 @@ class ConnectionGate:
                 retry = [(b"retry-after", b"60")]
                 await self._refuse(scope, receive, send, 429, _RATE_LIMITED, retry)
                 return
-        await self.app(scope, receive, send)
+        if kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        receive, send = _Detachable(receive), _Detachable(send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            # The socket is done. Litestar's WebSocket refers to itself through closures, so
+            # only a full collection frees it; let go of the server's protocol (its parser,
+            # transport and buffers) so that goes now, by reference counting.
+            receive.detach()
+            send.detach()
+            scope.get("extensions", {}).pop(EXTENSION, None)
 
     @staticmethod
     async def _refuse(

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from services.gateway.gate import client_ip, parse_proxies
 
 
@@ -24,3 +28,42 @@ def test_rightmost_untrusted_hop_wins_and_cidr_ranges_are_trusted() -> None:
     got = client_ip(scope("172.18.0.3", "6.6.6.6, 198.51.100.7, 172.18.0.2"), proxies)
     assert got == "198.51.100.7"
     assert client_ip(scope("172.18.0.3", "garbage"), proxies) == "172.18.0.3"
+
+
+async def test_after_a_socket_the_gate_lets_go_of_the_servers_receive_send_and_outlet() -> None:
+    """Litestar's WebSocket refers to itself (a cycle the collector frees late): what it holds
+    of the server must not keep the closed socket's protocol alive with it."""
+    from services.gateway.gate import ConnectionGate
+    from services.gateway.outlet import EXTENSION
+    from shared.config import load_settings
+
+    calls: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        calls.append("receive")
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        calls.append(message["type"])
+
+    kept: dict[str, Any] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kept.update(receive=receive, send=send)
+        await receive()
+        await send({"type": "websocket.accept"})
+
+    gate = ConnectionGate(app, load_settings({"AG_JWT_SECRET": "x" * 64}))
+    scope: dict[str, Any] = {
+        "type": "websocket",
+        "client": ("127.0.0.1", 5),
+        "headers": [],
+        "extensions": {EXTENSION: object()},
+    }
+    await gate(scope, receive, send)
+    assert calls == ["receive", "websocket.accept"]  # passed through while the app ran
+    assert EXTENSION not in scope["extensions"]
+    for name in ("receive", "send"):
+        with pytest.raises(RuntimeError):
+            await kept[name]({"type": "websocket.send"} if name == "send" else None)
+    assert calls == ["receive", "websocket.accept"]

@@ -19,7 +19,7 @@ from shared.config import Settings
 from shared.logs import get_logger
 from shared.ratelimit import KeyedLimiter
 
-__all__ = ["ConnectionGate", "client_ip", "parse_proxies"]
+__all__ = ["ConnectionGate", "asgi_finished", "client_ip", "parse_proxies"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -73,7 +73,7 @@ async def _http_refuse(send: Any, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _finished(*_: Any) -> Any:
+async def asgi_finished(*_: Any) -> Any:
     raise RuntimeError("this connection's ASGI call has returned")
 
 
@@ -89,7 +89,7 @@ class _Detachable:
         return self._call(*args)
 
     def detach(self) -> None:
-        self._call = _finished
+        self._call = asgi_finished
 
 
 class ConnectionGate:

@@ -97,7 +97,7 @@ class ChatRooms:
         room.mark_unsure_since(horizon)
         self.rooms[context_id] = room
         self.rooms.move_to_end(context_id)
-        self._bound()
+        self.bound()
         return room
 
     async def restore(self, room_log: RoomLog) -> Room | None:
@@ -189,7 +189,7 @@ class ChatRooms:
                 room.apply(hit.event, hit.entry.seq)
         return room
 
-    def _bound(self) -> None:
+    def bound(self) -> None:
         """Drop the least recently used rooms the worker is not using, down to the cap."""
         over = len(self.rooms) - self.cap
         if over <= 0:
@@ -256,7 +256,7 @@ class ChatRooms:
         """The live ``message`` frames. Gateways deliver a room's frames in ``seq`` order and fill
         any gap from the log first (``AG-Log-Seq`` says where to read from), so a frame lost here
         (a crash right after the append) is never a hole in what a client sees."""
-        self._bound()  # rooms that were busy when the last one loaded may be idle now
+        self.bound()  # rooms that were busy when the last one loaded may be idle now
         notes: ChatNotes = decision.extra
         for seq in notes.again:
             room.unsure.discard(seq)

@@ -332,7 +332,7 @@ class ChatService:
         horizon = self.rooms.horizon()
         for room in self.rooms.rooms.values():
             room.forget_before(horizon)
-        self.rooms._bound()  # rooms the worker was busy with at their load may go now
+        self.rooms.bound()  # rooms the worker was busy with at their load may go now
         metrics.ROOMS.set(len(self.rooms.rooms))
         try:
             metrics.CONSUMER_PENDING.set(await self.worker.pending())

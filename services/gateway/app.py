@@ -18,7 +18,7 @@ from services.gateway.collaboration import CollaborationEndpoint
 from services.gateway.commands import CommandClient
 from services.gateway.connection import Conn
 from services.gateway.fanout import FanOut
-from services.gateway.gate import ConnectionGate, asgi_finished
+from services.gateway.gate import ConnectionGate
 from services.gateway.heartbeat import Heartbeats
 from services.gateway.ingest import Ingest
 from services.gateway.parts import Parts
@@ -143,6 +143,10 @@ def _http_fault(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
     return Response({"code": "internal", "error": "internal error"}, status_code=500)
 
 
+async def _finished(*_: Any) -> Any:
+    raise RuntimeError("this socket's handler has returned")
+
+
 def create_app(settings: Settings) -> tuple[Any, Gateway]:
     gw = Gateway(settings)
 
@@ -168,7 +172,7 @@ def create_app(settings: Settings) -> tuple[Any, Gateway]:
             # Litestar's WebSocket reaches itself through the closures of its receive and send
             # (a cycle only a full collection frees, ~2.5 KB a closed socket); nothing uses
             # them once the handler returns.
-            socket.receive = socket.send = asgi_finished  # type: ignore[method-assign]
+            socket.receive = socket.send = _finished  # type: ignore[method-assign]
 
     @websocket("/api/chat/ws")
     async def chat_ws(socket: WebSocket[Any, Any, Any]) -> None:

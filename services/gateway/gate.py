@@ -19,7 +19,7 @@ from shared.config import Settings
 from shared.logs import get_logger
 from shared.ratelimit import KeyedLimiter
 
-__all__ = ["ConnectionGate", "asgi_finished", "client_ip", "parse_proxies"]
+__all__ = ["ConnectionGate", "client_ip", "parse_proxies"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -73,25 +73,6 @@ async def _http_refuse(send: Any, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def asgi_finished(*_: Any) -> Any:
-    raise RuntimeError("this connection's ASGI call has returned")
-
-
-class _Detachable:
-    """An ASGI receive or send that can let go of what it calls."""
-
-    __slots__ = ("_call",)
-
-    def __init__(self, call: Any) -> None:
-        self._call = call
-
-    def __call__(self, *args: Any) -> Any:
-        return self._call(*args)
-
-    def detach(self) -> None:
-        self._call = asgi_finished
-
-
 class ConnectionGate:
     def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app
@@ -120,18 +101,12 @@ class ConnectionGate:
                 retry = [(b"retry-after", b"60")]
                 await self._refuse(scope, receive, send, 429, _RATE_LIMITED, retry)
                 return
-        if kind != "websocket":
-            await self.app(scope, receive, send)
-            return
-        receive, send = _Detachable(receive), _Detachable(send)
         try:
             await self.app(scope, receive, send)
         finally:
-            # The socket is done. Litestar's WebSocket refers to itself through closures, so
-            # only a full collection frees it; let go of the server's protocol (its parser,
-            # transport and buffers) so that goes now, by reference counting.
-            receive.detach()
-            send.detach()
+            # The socket's ASGI call is over: the scope would keep the server's protocol (its
+            # parser, transport and buffers) through the outlet extension, and the protocol
+            # keeps the scope: a cycle only a full collection frees.
             scope.get("extensions", {}).pop(EXTENSION, None)
 
     @staticmethod

@@ -8,8 +8,6 @@ Breaking the cycle lets reference counting free them when the upgrade returns.
 
 from __future__ import annotations
 
-from typing import Any
-
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = ["UpgradingHttpProtocol"]
@@ -19,6 +17,4 @@ class UpgradingHttpProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         super().handle_websocket_upgrade()
         # This object gets no more calls: the transport now feeds the WebSocket protocol.
-        parser: Any = self.parser
         self.parser = None  # type: ignore[assignment]
-        del parser

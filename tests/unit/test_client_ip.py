@@ -2,8 +2,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from services.gateway.gate import client_ip, parse_proxies
 
 
@@ -30,26 +28,23 @@ def test_rightmost_untrusted_hop_wins_and_cidr_ranges_are_trusted() -> None:
     assert client_ip(scope("172.18.0.3", "garbage"), proxies) == "172.18.0.3"
 
 
-async def test_after_a_socket_the_gate_lets_go_of_the_servers_receive_send_and_outlet() -> None:
-    """Litestar's WebSocket refers to itself (a cycle the collector frees late): what it holds
-    of the server must not keep the closed socket's protocol alive with it."""
+async def test_after_a_socket_the_gate_takes_the_outlet_out_of_its_scope() -> None:
+    """The outlet is the server's protocol, which keeps the scope: left in the scope, the
+    closed socket's protocol would wait for a full collection."""
     from services.gateway.gate import ConnectionGate
     from services.gateway.outlet import EXTENSION
     from shared.config import load_settings
 
-    calls: list[str] = []
+    sent: list[str] = []
 
     async def receive() -> dict[str, Any]:
-        calls.append("receive")
         return {"type": "websocket.connect"}
 
     async def send(message: dict[str, Any]) -> None:
-        calls.append(message["type"])
-
-    kept: dict[str, Any] = {}
+        sent.append(message["type"])
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        kept.update(receive=receive, send=send)
+        assert EXTENSION in scope["extensions"]  # there while the app runs
         await receive()
         await send({"type": "websocket.accept"})
 
@@ -61,9 +56,5 @@ async def test_after_a_socket_the_gate_lets_go_of_the_servers_receive_send_and_o
         "extensions": {EXTENSION: object()},
     }
     await gate(scope, receive, send)
-    assert calls == ["receive", "websocket.accept"]  # passed through while the app ran
+    assert sent == ["websocket.accept"]
     assert EXTENSION not in scope["extensions"]
-    for name in ("receive", "send"):
-        with pytest.raises(RuntimeError):
-            await kept[name]({"type": "websocket.send"} if name == "send" else None)
-    assert calls == ["receive", "websocket.accept"]

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
-from typing import Any, Protocol
+from collections.abc import Awaitable, MutableMapping
+from typing import Any, Protocol, cast
+from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import WebSocket
@@ -99,6 +100,26 @@ def _parse_last_seq(value: str | None) -> int | None:
     return int(value)
 
 
+def take_query(scope: MutableMapping[str, Any]) -> tuple[bool, AuthData | None]:
+    """``batch`` and the query's auth (when it has a token), read once and taken out of the
+    scope: the query carries the bearer token, which an open socket then no longer holds (nor
+    the ~1 KB of its parsed copies). Parsed as Litestar parses a query; the first value wins."""
+    query = scope.get("query_string") or b""
+    scope["query_string"] = b""
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True, separator="&"):
+        params.setdefault(name, value)
+    token = params.get("token")
+    auth = None
+    if token is not None:
+        auth = AuthData(
+            token=token,
+            contextId=params.get("contextId"),
+            lastSeq=_parse_last_seq(params.get("lastSeq")),
+        )
+    return params.get("batch") == "1", auth
+
+
 class SessionRunner:
     def __init__(self, settings: Settings, verifier: TokenVerifier, conns: set[Conn]) -> None:
         self.settings = settings
@@ -109,6 +130,7 @@ class SessionRunner:
 
     async def run(self, socket: WebSocket[Any, Any, Any], endpoint: Endpoint, peer: str) -> None:
         await socket.accept()
+        batch, auth = take_query(cast("dict[str, Any]", socket.scope))
         conn = Conn(
             endpoint.name,
             socket.send,  # type: ignore[arg-type]
@@ -116,7 +138,7 @@ class SessionRunner:
             peer,
             outlet_of(socket.scope),
             self.flusher,
-            batch=socket.query_params.get("batch") == "1",
+            batch=batch,
         )
         conn.on_sent = metrics.FRAMES_OUT.labels(endpoint.name).inc
         conn.start()
@@ -126,17 +148,12 @@ class SessionRunner:
         state = _Limits(self.settings)
         log.info("connection opened", extra={"connectionId": conn.id, "endpoint": endpoint.name})
         try:
-            params = socket.query_params
-            if params.get("token") is not None:
-                auth = AuthData(
-                    token=params.get("token"),
-                    contextId=params.get("contextId"),
-                    lastSeq=_parse_last_seq(params.get("lastSeq")),
-                )
+            if auth is not None:
                 try:
                     await self._authenticate(conn, endpoint, auth)
                 except Refusal as exc:
                     self._refuse_now(conn, exc)
+                auth = None  # this frame lives as long as the socket; the token need not
             await self._loop(socket, conn, endpoint, state)
         finally:
             self.expiries.discard(conn)

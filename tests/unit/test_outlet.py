@@ -208,3 +208,68 @@ async def test_the_lean_event_wakes_every_waiter_on_set() -> None:
     assert not ev.is_set()
     ev.set()
     assert await ev.wait() is True
+
+
+class _Transport(asyncio.Transport):
+    """Enough of a socket transport for a handshake: records what the protocol writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
+            name, default
+        )
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def test_an_open_socket_keeps_its_state_in_slots_not_in_a_dict_of_its_own() -> None:
+    """Over 30 attributes in its dict, every socket pays for a dict of its own (1.6 KB): this
+    fails when a uvicorn upgrade adds attributes the slots do not name."""
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from services.gateway.outlet import OutletProtocol
+
+    opened = asyncio.Event()
+    done = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        opened.set()
+        await done.wait()
+
+    config = Config(app, ws=OutletProtocol, ws_ping_interval=None, log_config=None)
+    config.load()
+    state = ServerState()
+    protocol = OutletProtocol(config=config, server_state=state, app_state={})
+    transport = _Transport()
+    protocol.connection_made(transport)
+    protocol.data_received(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await asyncio.wait_for(opened.wait(), 5)
+    assert bytes(transport.out).startswith(b"HTTP/1.1 101 ")
+    assert protocol.handshake_complete and protocol.scope["path"] == "/ws"
+    assert vars(protocol) == {}
+    done.set()
+    await asyncio.wait_for(asyncio.gather(*state.tasks), 5)  # the ASGI call returns
+    assert transport.closed

@@ -46,6 +46,8 @@ class Settings:
     ping_timeout_s: float = 60.0
     max_frame_bytes: int = 65536
     outbound_queue: int = 1024
+    # Presence, typing and cursor frames may wait this long to share a socket write (0: no wait)
+    lazy_flush_ms: float = 20.0
     # permessage-deflate costs a compression per frame per socket on fan-out; chat frames are small
     ws_compression: bool = False
     # Rate limits (sliding 60 s windows)
@@ -168,7 +170,7 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{PREFIX}{name.upper()} must be positive, got {getattr(s, name)!r}")
     if not 0 <= s.metrics_port < 65536 or s.gateway_port >= 65536:
         raise ConfigError(f"{PREFIX}GATEWAY_PORT / {PREFIX}METRICS_PORT must be a TCP port")
-    for name in ("jwt_leeway_s", "analytics_linger_ms"):
+    for name in ("jwt_leeway_s", "analytics_linger_ms", "lazy_flush_ms"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{PREFIX}{name.upper()} must not be negative")
     for name, allowed in _CHOICES.items():

@@ -175,6 +175,8 @@ ANALYTICS_WATCH = "ag.gw.analytics.watch"  # each gateway's contexts with analyt
 # --- headers on live frames -------------------------------------------------------------------
 HDR_EXCEPT_USER = "AG-Except-User"  # do not deliver to this user's sockets
 HDR_DROPPABLE = "AG-Droppable"  # ephemeral frame: drop rather than close a slow socket
+# May wait a little to share a socket write with others (presence); droppable frames may too
+HDR_LAZY = "AG-Lazy"
 HDR_SEQ = "AG-Seq"  # chat message seq, so a recovering socket skips what it replayed
 HDR_LOG_SEQ = "AG-Log-Seq"  # chat message: its stream sequence (where a gap fill reads from)
 # (collaboration: the document version of an `edit` frame)

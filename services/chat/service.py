@@ -293,7 +293,7 @@ class ChatService:
             await self.bus.publish(
                 subjects.chat_live(ch.context_id),
                 frame,
-                {subjects.HDR_EXCEPT_USER: ch.user_id},
+                {subjects.HDR_EXCEPT_USER: ch.user_id, subjects.HDR_LAZY: "1"},
             )
         except Unavailable as exc:  # live only: the others see it in their next presence
             log.warning("presence change not broadcast", extra={"error": str(exc)})

@@ -231,7 +231,7 @@ class PresenceKeeper:
             await self.bus.publish(
                 subjects.collab_live(ch.context_id, ch.session_id),
                 frame,
-                {subjects.HDR_EXCEPT_USER: ch.user_id},
+                {subjects.HDR_EXCEPT_USER: ch.user_id, subjects.HDR_LAZY: "1"},
             )
         except Unavailable as exc:
             # Live only: the others see the change in the participants of their next join.

@@ -56,6 +56,7 @@ __all__ = ["ChatEndpoint", "ChatMember"]
 log = get_logger(__name__)
 _history_decoder = msgspec.json.Decoder(HistoryReply)
 _presence_decoder = msgspec.json.Decoder(PresenceReply)
+LAZY = subjects.HDR_LAZY
 UNAVAILABLE = "the chat service is unavailable; re-send later with the same id"
 
 
@@ -72,7 +73,7 @@ class ChatMember(SocketReceiver):
     def offer(
         self, text: str, seq: int | None, droppable: bool, headers: Mapping[str, str]
     ) -> None:
-        self.gate.offer(text, seq, droppable)
+        self.gate.offer(text, seq, droppable, droppable or LAZY in headers)
 
     def break_stream(self, reason: str) -> None:
         self.authed.close(CLOSE_SERVICE_RESTART, reason)

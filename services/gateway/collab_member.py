@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from services.gateway.connection import Authed
 from services.gateway.fanout import SocketReceiver
 from services.gateway.holdgate import HoldGate
+from shared import subjects
 from shared.schemas.commands import SessionMember
 
 __all__ = ["Member"]
@@ -44,7 +45,8 @@ class Member(SocketReceiver):
     def offer(
         self, text: str, seq: int | None, droppable: bool, headers: Mapping[str, str]
     ) -> None:
-        if self.gate.offer(text, seq, droppable) and seq is not None:
+        lazy = droppable or subjects.HDR_LAZY in headers
+        if self.gate.offer(text, seq, droppable, lazy) and seq is not None:
             self.covered(seq)
 
     def covered(self, version: int) -> None:

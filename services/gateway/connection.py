@@ -37,6 +37,7 @@ __all__ = ["Authed", "Conn", "ConnState", "Reply", "StateError"]
 log = get_logger(__name__)
 _CLOSE = object()
 REPLY_SLOTS = 256  # replies in flight per socket before reading its next frame waits
+LAZY_MAX = 64  # frames that may wait: this many waiting are flushed at once (one write's worth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,7 @@ class Conn:
         self._flusher = flusher
         self._max_queue = max_queue
         self._pending: list[str] = []  # emitted this loop turn, for the outlet
+        self._urgent = False  # _pending holds a frame that may not wait (marked for a flush)
         self._busy = False  # the writer task holds a frame it has not finished sending
         # Plain deques, made when needed and dropped when empty: most sockets keep up, and an
         # idle one should cost little (three asyncio.Queues were ~7 KB of every connection).
@@ -148,11 +150,12 @@ class Conn:
                 waiter.set_result(None)
 
     # --- outbound -------------------------------------------------------------------------
-    def push(self, text: str, droppable: bool = False) -> None:
+    def push(self, text: str, droppable: bool = False, lazy: bool = False) -> None:
+        """``lazy``: the frame may wait a little to share a write (``Flusher``)."""
         if not self.closed:
-            self._emit(text, droppable)
+            self._emit(text, droppable, lazy)
 
-    def _emit(self, text: str, droppable: bool) -> None:
+    def _emit(self, text: str, droppable: bool, lazy: bool = False) -> None:
         pending = self._pending
         outlet = self._outlet
         if pending or (
@@ -160,8 +163,13 @@ class Conn:
         ):
             if len(pending) < self._max_queue:
                 pending.append(text)
-                if len(pending) == 1 and self._flusher is not None:
-                    self._flusher.mark(self)
+                flusher = self._flusher
+                if flusher is not None and not self._urgent:
+                    if not lazy or len(pending) >= LAZY_MAX:
+                        self._urgent = True
+                        flusher.mark(self)
+                    elif len(pending) == 1:
+                        flusher.mark_lazy(self)
             elif not droppable:
                 self.slow_consumer()
             return
@@ -181,6 +189,7 @@ class Conn:
 
     def flush(self, cache: FrameCache) -> None:
         """Write what was emitted this loop turn (the ``Flusher`` calls this once per turn)."""
+        self._urgent = False
         texts = self._pending
         if not texts:
             return
@@ -236,6 +245,7 @@ class Conn:
         reason = reason.encode("utf-8", "ignore")[:123].decode("utf-8", "ignore")
         # What waits for the outlet goes first, through the queue, then the close.
         pending, self._pending = self._pending, []
+        self._urgent = False
         out = self._out
         if out is None:
             out = self._out = deque()
@@ -337,8 +347,8 @@ class Authed:
     def user_name(self) -> str:
         return self.identity.name
 
-    def push(self, text: str, droppable: bool = False) -> None:
-        self.conn.push(text, droppable)
+    def push(self, text: str, droppable: bool = False, lazy: bool = False) -> None:
+        self.conn.push(text, droppable, lazy)
 
     async def reply(
         self, result: Awaitable[ReplyLike] | ReplyLike, then: Callable[[], None] | None = None

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 __all__ = ["HoldGate"]
 
-Deliver = Callable[[str, bool], None]  # (frame text, droppable)
+Deliver = Callable[[str, bool, bool], None]  # (frame text, droppable, lazy)
 
 
 class HoldGate:
@@ -34,22 +34,25 @@ class HoldGate:
         self.limit = limit
         self.floor = 0  # frames at or below this position are in what the client has
         self.holds = 0
-        self.held: list[tuple[str, int | None, bool]] = []
+        self.held: list[tuple[str, int | None, bool, bool]] = []
         self.closed = False  # nothing more is delivered (left, or gone)
 
     def hold(self) -> None:
         self.holds += 1
 
-    def offer(self, text: str, position: int | None = None, droppable: bool = False) -> bool:
-        """Deliver or keep one frame; False if it was dropped as already covered."""
+    def offer(
+        self, text: str, position: int | None = None, droppable: bool = False, lazy: bool = False
+    ) -> bool:
+        """Deliver or keep one frame; False if it was dropped as already covered. ``lazy``: it
+        may wait a little to share a write with others (presence, typing, cursors)."""
         if self.closed or (position is not None and position <= self.floor):
             return False
         if not self.holds:
             if position is not None:
                 self.floor = position
-            self.deliver(text, droppable)
+            self.deliver(text, droppable, lazy)
         elif len(self.held) < self.limit:
-            self.held.append((text, position, droppable))
+            self.held.append((text, position, droppable, lazy))
         elif not droppable:
             self.overflow()
         return True
@@ -66,5 +69,5 @@ class HoldGate:
         held, self.held = self.held, []
         if discard:
             return
-        for text, position, droppable in held:
-            self.offer(text, position, droppable)
+        for text, position, droppable, lazy in held:
+            self.offer(text, position, droppable, lazy)

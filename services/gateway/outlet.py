@@ -276,37 +276,64 @@ FLUSH_TURNS = 2
 
 class Flusher:
     """Collects the sockets with frames waiting and writes them all once per flush, a few loop
-    turns after the first frame (one per gateway: its sockets share one event loop)."""
+    turns after the first frame (one per gateway: its sockets share one event loop).
 
-    def __init__(self) -> None:
+    Frames that may wait (``lazy``: presence, typing, cursors) are written ``lazy_s`` after the
+    first of them, or with the socket's next frame that may not, whichever comes first, in
+    order. Sockets joining a room of 100 send each member a ``user_joined``: flushed a few turns
+    apart, that was one write per member per join; waiting 20 ms lets a burst of joins share
+    one (5,000 sockets set up in rooms of 100: ~1,050 per gateway CPU-second against ~870).
+    """
+
+    def __init__(self, lazy_s: float = 0.0) -> None:
         self._dirty: list[_Flushable] = []
+        self._lazy: list[_Flushable] = []
+        self._lazy_s = lazy_s
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self._cache = FrameCache()
         self._scheduled = False
         # Kept: asyncio.get_running_loop() costs a getpid() system call each time.
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def mark(self, conn: _Flushable) -> None:
         self._dirty.append(conn)
         if not self._scheduled:
             self._scheduled = True
-            loop = self._loop
-            if loop is None or loop.is_closed():
-                loop = self._loop = asyncio.get_running_loop()
-            loop.call_soon(self._linger, FLUSH_TURNS)
+            self._running_loop().call_soon(self._linger, FLUSH_TURNS)
+
+    def mark_lazy(self, conn: _Flushable) -> None:
+        """``conn``'s waiting frames may all wait up to ``lazy_s``."""
+        if self._lazy_s <= 0:
+            self.mark(conn)
+            return
+        self._lazy.append(conn)
+        if self._lazy_timer is None:
+            self._lazy_timer = self._running_loop().call_later(self._lazy_s, self._flush_lazy)
 
     def _linger(self, turns: int) -> None:
         if turns:
             assert self._loop is not None
             self._loop.call_soon(self._linger, turns - 1)
         else:
-            self._flush_all()
+            self._scheduled = False
+            dirty, self._dirty = self._dirty, []
+            self._flush(dirty)
 
-    def _flush_all(self) -> None:
-        self._scheduled = False
-        dirty, self._dirty = self._dirty, []
+    def _flush_lazy(self) -> None:
+        self._lazy_timer = None
+        lazy, self._lazy = self._lazy, []
+        self._flush(lazy)  # a socket flushed since has nothing left: a no-op for it
+
+    def _flush(self, conns: list[_Flushable]) -> None:
         cache = self._cache
         try:
-            for conn in dirty:
+            for conn in conns:
                 conn.flush(cache)
         finally:
             cache.clear()

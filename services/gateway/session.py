@@ -125,7 +125,7 @@ class SessionRunner:
         self.settings = settings
         self.verifier = verifier
         self.conns = conns  # every open connection of this gateway (drained on shutdown)
-        self.flusher = Flusher()
+        self.flusher = Flusher(settings.lazy_flush_ms / 1000)
         self.expiries: Expiries[Conn] = Expiries(_expire)  # one timer for every socket's token
 
     async def run(self, socket: WebSocket[Any, Any, Any], endpoint: Endpoint, peer: str) -> None:

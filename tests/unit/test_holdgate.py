@@ -9,7 +9,9 @@ def gate(limit: int = 10) -> tuple[HoldGate, list[str], list[int]]:
     out: list[str] = []
     closed: list[int] = []
     return (
-        HoldGate(lambda text, droppable: out.append(text), lambda: closed.append(1013), limit),
+        HoldGate(
+            lambda text, droppable, lazy: out.append(text), lambda: closed.append(1013), limit
+        ),
         out,
         closed,
     )
@@ -66,3 +68,20 @@ def test_held_overflow_drops_droppable_frames_and_closes_for_the_rest() -> None:
     assert closed == []
     g.offer("e2", 2)
     assert closed == [1013]
+
+
+def test_whether_a_frame_may_wait_survives_being_held() -> None:
+    out: list[tuple[str, bool, bool]] = []
+    g = HoldGate(lambda text, droppable, lazy: out.append((text, droppable, lazy)), list, 10)
+    g.hold()
+    g.offer("joined", None, lazy=True)
+    g.offer("typing", None, droppable=True, lazy=True)
+    g.offer("m1", 1)
+    g.release()
+    g.offer("left", None, lazy=True)
+    assert out == [
+        ("joined", False, True),
+        ("typing", True, True),
+        ("m1", False, False),
+        ("left", False, True),
+    ]

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ops.bench.wsload import FrameParser
-from services.gateway.connection import Conn
+from services.gateway.connection import LAZY_MAX, Conn
 from services.gateway.outlet import FLUSH_TURNS, Flusher, FrameCache, text_frame
 
 
@@ -21,12 +21,14 @@ class FakeOutlet:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
         self.open = True
+        self.written = asyncio.Event()
 
     def can_write(self) -> bool:
         return self.open
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
+        self.written.set()
 
     def messages(self) -> list[Any]:
         """Every WebSocket message written so far, decoded."""
@@ -40,10 +42,13 @@ class FakeOutlet:
 
 
 class Harness:
-    def __init__(self, *, batch: bool = False, queue: int = 16) -> None:
+    def __init__(
+        self, *, batch: bool = False, queue: int = 16, lazy_s: float = 0.0, flusher: Any = None
+    ) -> None:
         self.outlet = FakeOutlet()
         self.sent: list[Any] = []
-        self.conn = Conn("chat", self._send, queue, "peer", self.outlet, Flusher(), batch=batch)
+        self.flusher = flusher or Flusher(lazy_s)
+        self.conn = Conn("chat", self._send, queue, "peer", self.outlet, self.flusher, batch=batch)
         self.conn.start()
 
     async def _send(self, message: dict[str, Any]) -> None:
@@ -106,6 +111,52 @@ async def test_frames_of_the_next_turns_join_the_same_write() -> None:
     h.conn.push('{"n":"later"}')  # after the flush: the next write
     await h.turn()
     assert len(h.outlet.writes) == 2
+    await h.stop()
+
+
+async def test_frames_that_may_wait_go_with_the_next_one_that_may_not_in_order() -> None:
+    h = Harness(lazy_s=60.0)
+    h.conn.push('{"n":0}', lazy=True)
+    h.conn.push('{"n":1}', lazy=True)
+    await h.turn()
+    assert h.outlet.writes == []  # waiting for company
+    h.conn.push('{"n":2}')
+    h.conn.push('{"n":3}', lazy=True)
+    await h.turn()
+    assert len(h.outlet.writes) == 1
+    assert h.outlet.messages() == [{"n": i} for i in range(4)]
+    await h.stop()
+
+
+async def test_frames_that_may_wait_go_out_on_their_own_after_the_wait() -> None:
+    flusher = Flusher(0.02)
+    a, b = Harness(lazy_s=0.02, flusher=flusher), Harness(lazy_s=0.02, flusher=flusher)
+    for i in range(3):  # a burst of joins into a room: each member gets one write
+        a.conn.push(json.dumps({"joined": i}), lazy=True)
+        b.conn.push(json.dumps({"joined": i}), lazy=True)
+        await a.turn()
+    assert a.outlet.writes == b.outlet.writes == []
+    await asyncio.wait_for(b.outlet.written.wait(), 5)
+    for h in (a, b):
+        assert len(h.outlet.writes) == 1
+        assert h.outlet.messages() == [{"joined": i} for i in range(3)]
+        await h.stop()
+
+
+async def test_enough_frames_that_may_wait_are_not_kept_waiting() -> None:
+    h = Harness(lazy_s=60.0, queue=1024)
+    for i in range(LAZY_MAX):
+        h.conn.push(json.dumps({"n": i}), lazy=True)
+    await h.turn()
+    assert h.outlet.messages() == [{"n": i} for i in range(LAZY_MAX)]
+    await h.stop()
+
+
+async def test_with_no_wait_configured_every_frame_is_flushed_alike() -> None:
+    h = Harness(lazy_s=0.0)
+    h.conn.push('{"n":0}', lazy=True)
+    await h.turn()
+    assert h.outlet.messages() == [{"n": 0}]
     await h.stop()
 
 

@@ -221,7 +221,20 @@ async def _sweep(
     return {"best": best, "half": half, "connect_per_s_in_room": round(conn_rate), "steps": steps}
 
 
+async def _quiet(pids: list[int], timeout: float = 30.0) -> None:
+    """Wait until the server side is idle (under 10% of a core over 0.5 s): the sockets the
+    sweep closed are still being torn down when it returns (a room of 1,000 sees 1,000
+    ``user_left``), and that is no part of setting up the next ones."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cpu0, t0 = cpu_seconds(pids), time.monotonic()
+        await asyncio.sleep(0.5)  # a measuring window, not synchronisation
+        if cpu_seconds(pids) - cpu0 < 0.1 * (time.monotonic() - t0):
+            return
+
+
 async def _idle(target: Target, count: int, per_room: int) -> dict[str, Any]:
+    await _quiet(target.pids)
     before = rss_bytes(target.gateway_pid)
     urls = [target.url(f"idle{i}", f"idle-{i // per_room}") for i in range(count)]
     gw0 = cpu_seconds([target.gateway_pid])

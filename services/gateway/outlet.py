@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
+from websockets.protocol import Protocol as WebSocketsProtocol
 from websockets.protocol import State
 
 from services.gateway.expiry import Expiries, Filed
@@ -193,6 +194,30 @@ class OutletProtocol(WebSocketsSansIOProtocol):
         self.request = self.response = None  # type: ignore[assignment]
         # Read only while the handshake is judged (origin, client IP, route): ~0.8 KB a socket.
         self.scope["headers"] = []
+
+    def adopt(
+        self,
+        transport: asyncio.Transport,
+        server: tuple[str, int | None] | None,
+        client: tuple[str, int] | None,
+        http_scheme: str | None,
+    ) -> None:
+        """``connection_made`` for a socket the HTTP protocol upgrades: the addresses it already
+        asked the socket for (uvicorn's own would make both system calls again)."""
+        self.connections.add(self)
+        self.transport = transport
+        self.server = server
+        self.client = client
+        self.scheme = "wss" if http_scheme == "https" else "ws"
+
+    def upgrade(self, request: Request) -> None:
+        """The handshake, already parsed (``upgrade.py``), judged and answered as uvicorn's
+        ``data_received`` would once ``websockets`` had parsed it."""
+        conn = self.conn
+        # websockets' parser waits for the request first; it is here, so read frames next.
+        conn.parser = WebSocketsProtocol.parse(conn)
+        next(conn.parser)
+        self.handle_connect(request)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

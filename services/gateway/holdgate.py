@@ -34,7 +34,8 @@ class HoldGate:
         self.limit = limit
         self.floor = 0  # frames at or below this position are in what the client has
         self.holds = 0
-        self.held: list[tuple[str, int | None, bool, bool]] = []
+        # Made when a frame is kept: an idle socket's gate holds no list.
+        self.held: list[tuple[str, int | None, bool, bool]] | None = None
         self.closed = False  # nothing more is delivered (left, or gone)
 
     def hold(self) -> None:
@@ -51,6 +52,8 @@ class HoldGate:
             if position is not None:
                 self.floor = position
             self.deliver(text, droppable, lazy)
+        elif self.held is None:
+            self.held = [(text, position, droppable, lazy)]
         elif len(self.held) < self.limit:
             self.held.append((text, position, droppable, lazy))
         elif not droppable:
@@ -66,7 +69,7 @@ class HoldGate:
         self.holds = max(self.holds - 1, 0)
         if self.holds:
             return
-        held, self.held = self.held, []
+        held, self.held = self.held or (), None
         if discard:
             return
         for text, position, droppable, lazy in held:

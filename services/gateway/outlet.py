@@ -48,28 +48,40 @@ class Outlet(Protocol):
 
 
 class _Waiters:
-    """Futures parked until woken; no list exists until one waits."""
+    """Futures parked until woken. Nearly always one waits (the socket's reader), so one is
+    kept as itself and only a second makes a list."""
 
     __slots__ = ("_futures",)
 
     def __init__(self) -> None:
-        self._futures: list[asyncio.Future[None]] | None = None
+        self._futures: asyncio.Future[None] | list[asyncio.Future[None]] | None = None
 
     async def park(self) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        if self._futures is None:
-            self._futures = []
-        self._futures.append(fut)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = self._futures
+        if waiting is None:
+            self._futures = fut
+        elif isinstance(waiting, list):
+            waiting.append(fut)
+        else:
+            self._futures = [waiting, fut]
         try:
             await fut
         finally:  # woken or cancelled (a reader that gives up): gone either way
-            if self._futures is not None and fut in self._futures:
-                self._futures.remove(fut)
-            if not self._futures:
+            waiting = self._futures
+            if waiting is fut:
                 self._futures = None
+            elif isinstance(waiting, list):
+                if fut in waiting:
+                    waiting.remove(fut)
+                if not waiting:
+                    self._futures = None
 
     def wake(self, *, everyone: bool) -> None:
-        for fut in list(self._futures or ()):
+        waiting = self._futures
+        if waiting is None:
+            return
+        for fut in list(waiting) if isinstance(waiting, list) else (waiting,):
             if not fut.done():
                 fut.set_result(None)
                 if not everyone:
@@ -193,7 +205,9 @@ class OutletProtocol(WebSocketsSansIOProtocol):
             request.path = ""
         self.request = self.response = None  # type: ignore[assignment]
         # Read only while the handshake is judged (origin, client IP, route): ~0.8 KB a socket.
-        self.scope["headers"] = []
+        # Empty tuples are shared, where every empty list would be one more object a socket.
+        self.scope["headers"] = ()  # type: ignore[typeddict-item]
+        self.scope["subprotocols"] = ()  # type: ignore[typeddict-item]
 
     def adopt(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl
 
@@ -127,6 +127,14 @@ class SessionRunner:
         self.conns = conns  # every open connection of this gateway (drained on shutdown)
         self.flusher = Flusher(settings.lazy_flush_ms / 1000)
         self.expiries: Expiries[Conn] = Expiries(_expire)  # one timer for every socket's token
+        self._counters: dict[str, Callable[[int], object]] = {}
+
+    def _on_sent(self, endpoint: str) -> Callable[[int], object]:
+        """The endpoint's frames-out counter, one bound method shared by its sockets."""
+        found = self._counters.get(endpoint)
+        if found is None:
+            found = self._counters[endpoint] = metrics.FRAMES_OUT.labels(endpoint).inc
+        return found
 
     async def run(self, socket: WebSocket[Any, Any, Any], endpoint: Endpoint, peer: str) -> None:
         await socket.accept()
@@ -140,7 +148,7 @@ class SessionRunner:
             self.flusher,
             batch=batch,
         )
-        conn.on_sent = metrics.FRAMES_OUT.labels(endpoint.name).inc
+        conn.on_sent = self._on_sent(endpoint.name)
         conn.start()
         self.conns.add(conn)
         metrics.CONNECTIONS.labels(endpoint.name).inc()

@@ -36,6 +36,7 @@ def test_environment_then_explicit_overrides_win() -> None:
         ("AG_JWT_LEEWAY_S", "-1"),
         ("AG_ANALYTICS_LINGER_MS", "-5"),
         ("AG_LAZY_FLUSH_MS", "-1"),
+        ("AG_ANALYTICS_COMMIT_INTERVAL_MS", "-1"),
         ("AG_WS_COMPRESSION", "maybe"),
     ],
 )

@@ -87,6 +87,9 @@ class Conn:
         self._outlet = outlet if flusher is not None else None
         self._flusher = flusher
         self._max_queue = max_queue
+        # Frames that may wait stop waiting here, leaving room in the queue for what comes
+        # before the flush (a small AG_OUTBOUND_QUEUE must not close a healthy socket).
+        self._lazy_max = max(1, min(LAZY_MAX, max_queue // 2))
         self._pending: list[str] = []  # emitted this loop turn, for the outlet
         self._urgent = False  # _pending holds a frame that may not wait (marked for a flush)
         self._busy = False  # the writer task holds a frame it has not finished sending
@@ -165,7 +168,7 @@ class Conn:
                 pending.append(text)
                 flusher = self._flusher
                 if flusher is not None and not self._urgent:
-                    if not lazy or len(pending) >= LAZY_MAX:
+                    if not lazy or len(pending) >= self._lazy_max:
                         self._urgent = True
                         flusher.mark(self)
                     elif len(pending) == 1:

@@ -42,11 +42,12 @@ def handshake_request(
         return None
     if method != "GET" or http_version != "1.1":
         return None
-    if len(url) + 14 > MAX_LINE_LENGTH or not url.isascii():  # "GET " url " HTTP/1.1"
+    if len(url) + 15 > MAX_LINE_LENGTH or not url.isascii():  # "GET " url " HTTP/1.1\r\n"
         return None
     out = Headers()
     for count, (name, value) in enumerate(headers, 1):
-        if count > MAX_NUM_HEADERS or len(name) + len(value) + 2 > MAX_LINE_LENGTH:
+        # name ": " value "\r\n", as websockets counts a line
+        if count > MAX_NUM_HEADERS or len(name) + len(value) + 4 > MAX_LINE_LENGTH:
             return None
         if not _token_re.fullmatch(name) or not _value_re.fullmatch(value):
             return None

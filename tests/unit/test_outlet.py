@@ -324,3 +324,15 @@ async def test_an_open_socket_keeps_its_state_in_slots_not_in_a_dict_of_its_own(
     done.set()
     await asyncio.wait_for(asyncio.gather(*state.tasks), 5)  # the ASGI call returns
     assert transport.closed
+
+
+async def test_with_a_small_queue_frames_that_may_wait_never_close_a_healthy_socket() -> None:
+    h = Harness(lazy_s=60.0, queue=16)
+    for i in range(40):  # presence frames a loop turn apart: far more than the queue holds
+        h.conn.push(json.dumps({"joined": i}), lazy=True)
+        await asyncio.sleep(0)
+    h.conn.push('{"n":"last"}')
+    await h.turn()
+    assert h.conn.close_code is None
+    assert h.outlet.messages() == [{"joined": i} for i in range(40)] + [{"n": "last"}]
+    await h.stop()

@@ -7,7 +7,7 @@ from collections.abc import Generator
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from websockets.http11 import Request
+from websockets.http11 import MAX_LINE_LENGTH, Request
 from websockets.streams import StreamReader
 
 from services.gateway.upgrade import handshake_request
@@ -84,3 +84,22 @@ def test_what_only_websockets_can_judge_goes_its_way(
 
 def test_a_zero_content_length_is_tolerated_as_websockets_does() -> None:
     assert handshake_request("GET", "1.1", b"/ws", BASE + [(b"content-length", b"0")])
+
+
+def websockets_accepts(url: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    try:
+        websockets_parse(url, headers)
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("over", range(-2, 3))
+def test_lines_at_the_length_limit_are_judged_as_websockets_judges_them(over: int) -> None:
+    url = b"/" + b"a" * (MAX_LINE_LENGTH - len(b"GET / HTTP/1.1\r\n") + over)
+    assert (handshake_request("GET", "1.1", url, BASE) is not None) == websockets_accepts(url, BASE)
+    value = b"v" * (MAX_LINE_LENGTH - len(b"x-long: \r\n") + over)
+    headers = [*BASE, (b"x-long", value)]
+    assert (handshake_request("GET", "1.1", b"/ws", headers) is not None) == (
+        websockets_accepts(b"/ws", headers)
+    )

@@ -59,7 +59,7 @@ class MetricsMember(SocketReceiver):
         return gate
 
     def offer(
-        self, text: str, seq: int | None, droppable: bool, headers: Mapping[str, str]
+        self, text: str, seq: int | None, droppable: bool, lazy: bool, headers: Mapping[str, str]
     ) -> None:
         metric = headers.get(subjects.HDR_METRIC)
         gate = self.gates.get(metric) if metric is not None else None

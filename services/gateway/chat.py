@@ -56,7 +56,6 @@ __all__ = ["ChatEndpoint", "ChatMember"]
 log = get_logger(__name__)
 _history_decoder = msgspec.json.Decoder(HistoryReply)
 _presence_decoder = msgspec.json.Decoder(PresenceReply)
-LAZY = subjects.HDR_LAZY
 UNAVAILABLE = "the chat service is unavailable; re-send later with the same id"
 
 
@@ -71,9 +70,9 @@ class ChatMember(SocketReceiver):
         self.present = False  # announced to presence, so heartbeats list it
 
     def offer(
-        self, text: str, seq: int | None, droppable: bool, headers: Mapping[str, str]
+        self, text: str, seq: int | None, droppable: bool, lazy: bool, headers: Mapping[str, str]
     ) -> None:
-        self.gate.offer(text, seq, droppable, droppable or LAZY in headers)
+        self.gate.offer(text, seq, droppable, lazy)
 
     def break_stream(self, reason: str) -> None:
         self.authed.close(CLOSE_SERVICE_RESTART, reason)

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from services.gateway.connection import Authed
 from services.gateway.fanout import SocketReceiver
 from services.gateway.holdgate import HoldGate
-from shared import subjects
 from shared.schemas.commands import SessionMember
 
 __all__ = ["Member"]
@@ -43,9 +42,8 @@ class Member(SocketReceiver):
         return self.gate.closed
 
     def offer(
-        self, text: str, seq: int | None, droppable: bool, headers: Mapping[str, str]
+        self, text: str, seq: int | None, droppable: bool, lazy: bool, headers: Mapping[str, str]
     ) -> None:
-        lazy = droppable or subjects.HDR_LAZY in headers
         if self.gate.offer(text, seq, droppable, lazy) and seq is not None:
             self.covered(seq)
 

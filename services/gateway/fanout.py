@@ -38,6 +38,7 @@ log = get_logger(__name__)
 EXCEPT_USER = subjects.HDR_EXCEPT_USER
 EXCEPT_CONN = subjects.HDR_EXCEPT_CONN
 DROPPABLE = subjects.HDR_DROPPABLE
+LAZY = subjects.HDR_LAZY
 SEQ = subjects.HDR_SEQ
 LOG_SEQ = subjects.HDR_LOG_SEQ
 
@@ -50,7 +51,7 @@ class Receiver(Protocol):
     @property
     def user_id(self) -> str: ...
     def offer(
-        self, text: str, seq: int | None, droppable: bool, headers: Mapping[str, str]
+        self, text: str, seq: int | None, droppable: bool, lazy: bool, headers: Mapping[str, str]
     ) -> None: ...
     def break_stream(self, reason: str) -> None:
         """The stream cannot be kept whole for this socket (it closes, 1012)."""
@@ -168,13 +169,14 @@ class FanOut:
         except_user = headers.get(EXCEPT_USER)
         except_conn = headers.get(EXCEPT_CONN)
         droppable = DROPPABLE in headers
+        lazy = droppable or LAZY in headers  # ephemeral frames may wait for company too
         sent = 0
         for receiver in list(members.values()):
             if except_user is not None and receiver.user_id == except_user:
                 continue
             if except_conn is not None and receiver.conn_id == except_conn:
                 continue
-            receiver.offer(text, seq, droppable, headers)
+            receiver.offer(text, seq, droppable, lazy, headers)
             sent += 1
         metrics.BROADCAST_FANOUT.observe(sent)
 

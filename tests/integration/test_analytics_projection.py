@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 import signal
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from nats.aio.client import Client as NATS
 from ops.sim.events import random_event
 from shared import subjects
 from shared.timefmt import now_ms
-from tests.helpers import Stack
+from tests.helpers import Stack, free_port
 from tests.integration.analytics_support import (
     caught_up,
     cli,
@@ -198,10 +199,6 @@ async def test_while_events_keep_coming_live_commits_are_spaced_and_nothing_is_l
 ) -> None:
     """A DuckDB transaction costs ~3 ms of CPU whatever its size: a steady trickle of events
     (one every 20 ms) gets commits AG_ANALYTICS_COMMIT_INTERVAL_MS apart, not one per linger."""
-    import urllib.request
-
-    from tests.helpers import free_port
-
     port = free_port()
     env = {"AG_ANALYTICS_COMMIT_INTERVAL_MS": "400", "AG_METRICS_PORT": str(port)}
     stack: Stack = await make_stack(env=env, chat=False)

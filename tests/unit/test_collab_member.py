@@ -15,9 +15,9 @@ async def test_an_ack_waits_until_the_edits_before_it_were_handed_over() -> None
     socket = Socket("collaboration")
     m = Member(socket.open("alice", "ctx"), "s", "participant", 10)
     waiter: asyncio.Task[Any] = asyncio.create_task(m.caught_up(2, timeout=5))
-    m.offer("e1", 1, False, {})
+    m.offer("e1", 1, False, False, {})
     assert not waiter.done()
-    m.offer("e2", 2, False, {})
+    m.offer("e2", 2, False, False, {})
     assert await waiter is True
     assert await m.caught_up(2, timeout=0) is True
     assert await m.caught_up(3, timeout=0.01) is False  # bounded: never stalls a reply for long

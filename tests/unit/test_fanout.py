@@ -23,12 +23,14 @@ class Rec:
         self.got: list[int | None] = []
         self.texts: list[str] = []
         self.broken: list[str] = []
+        self.lazy: list[bool] = []
 
     def offer(
-        self, text: str, seq: int | None, droppable: bool, headers: Mapping[str, str]
+        self, text: str, seq: int | None, droppable: bool, lazy: bool, headers: Mapping[str, str]
     ) -> None:
         self.got.append(seq)
         self.texts.append(text)
+        self.lazy.append(lazy)
 
     def break_stream(self, reason: str) -> None:
         self.broken.append(reason)
@@ -75,6 +77,16 @@ async def test_one_decode_per_frame_and_the_headers_say_who_is_skipped(kit: Kit)
     assert a1.texts == [] and a2.texts == ['"edit"'] and b.texts == ['"typing"', '"edit"']
     await kit.fanout.leave("ag.live.collab.x.s", b)
     assert kit.fanout.receivers("ag.live.collab.x.s") == [a1, a2]
+
+
+async def test_whether_a_frame_may_wait_is_read_once_per_broadcast(kit: Kit) -> None:
+    r = Rec("c1", "ann")
+    await kit.fanout.join("ag.live.collab.x.s", r)
+    await kit.bus.publish("ag.live.collab.x.s", b'"joined"', {subjects.HDR_LAZY: "1"})
+    await kit.bus.publish("ag.live.collab.x.s", b'"cursor"', {subjects.HDR_DROPPABLE: "1"})
+    await kit.bus.publish("ag.live.collab.x.s", b'"edit"', {})
+    await kit.bus.flush()
+    assert r.texts == ['"joined"', '"cursor"', '"edit"'] and r.lazy == [True, True, False]
 
 
 async def test_a_room_starts_where_the_log_stands_and_drops_what_it_handed_out(kit: Kit) -> None:

@@ -55,7 +55,7 @@ class MetricsMember(SocketReceiver):
         gate = self.gates.get(metric)
         if gate is None:
             overflow = lambda: self.authed.close(CLOSE_TRY_AGAIN, "slow consumer")  # noqa: E731
-            gate = self.gates[metric] = HoldGate(self.authed.push, overflow, self.limit)
+            gate = self.gates[metric] = HoldGate(self.authed.conn.push, overflow, self.limit)
         return gate
 
     def offer(

@@ -66,7 +66,7 @@ class ChatMember(SocketReceiver):
 
     def __init__(self, authed: Authed, limit: int) -> None:
         super().__init__(authed)
-        self.gate = HoldGate(authed.push, authed.slow_consumer, limit)
+        self.gate = HoldGate(authed.conn.push, authed.slow_consumer, limit)
         self.present = False  # announced to presence, so heartbeats list it
 
     def offer(

@@ -33,7 +33,7 @@ class Member(SocketReceiver):
         self.role = role
         self.joined = False  # session_joined was sent
         self.announced = False  # the service was told (heartbeats list it from then on)
-        self.gate = HoldGate(authed.push, authed.slow_consumer, limit)
+        self.gate = HoldGate(authed.conn.push, authed.slow_consumer, limit)
         self.seen = 0  # highest version handed over, held, or covered by a reply or ack
         self._progress = asyncio.Event()
 

@@ -77,7 +77,9 @@ class Conn:
         self.id = uuid.uuid4().hex
         self.endpoint = endpoint
         self.peer = peer
-        self.state = ConnState.AUTHENTICATING
+        # A plain attribute, kept by the ``state`` setter: every frame out reads it.
+        self.closed = False
+        self._state = ConnState.AUTHENTICATING
         self.authed: Authed | None = None
         self.close_code: int | None = None
         self.on_sent: Callable[[int], object] | None = None
@@ -106,8 +108,13 @@ class Conn:
         self._started = False
 
     @property
-    def closed(self) -> bool:
-        return self.state in (ConnState.CLOSING, ConnState.CLOSED)
+    def state(self) -> ConnState:
+        return self._state
+
+    @state.setter
+    def state(self, state: ConnState) -> None:
+        self._state = state
+        self.closed = state is ConnState.CLOSING or state is ConnState.CLOSED
 
     @property
     def user_id(self) -> str | None:

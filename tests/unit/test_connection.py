@@ -14,7 +14,9 @@ from tests.gateway_support import Socket
 async def test_the_lifecycle_opens_once_and_closes_after_what_is_queued() -> None:
     s = Socket("chat")
     assert s.conn.state is ConnState.AUTHENTICATING and s.conn.authed is None
+    assert not s.conn.closed
     authed = s.open("ann", "c1")
+    assert not s.conn.closed
     assert s.conn.state is ConnState.OPEN and authed.user_id == "ann" and s.conn.context_id == "c1"
     with pytest.raises(StateError):
         s.conn.open(Identity("bob", "Bob", frozenset({"c1"}), ("learner",), 1e12), "c1")
@@ -26,7 +28,7 @@ async def test_the_lifecycle_opens_once_and_closes_after_what_is_queued() -> Non
     assert s.sent.get_nowait() == "first" and s.sent.empty()
     assert s.closed is not None and s.closed[0] == 4403 and len(s.closed[1].encode()) <= 123
     await s.stop()
-    assert s.conn.state is ConnState.CLOSED
+    assert s.conn.state is ConnState.CLOSED and s.conn.closed
 
 
 async def test_replies_go_out_in_frame_order_whenever_their_work_finishes() -> None:

@@ -9,8 +9,11 @@ then starts a real ``python -m services.chat`` and reports:
   all);
 - ``rss_mb`` / ``peak_rss_mb``: its resident memory once ready (``VmRSS``, ``VmHWM``);
 - ``history_ms`` / ``recovery_ms``: p50/p99 of ``--samples`` history requests (newest 50) and
-  recovery requests (``afterSeq`` 100 behind) to random rooms, through the service's RPC (the
-  rooms are not in memory and have no snapshot yet: these read the log);
+  recovery requests (``afterSeq`` 100 behind) to random rooms, through the service's RPC, right
+  after start (the rooms are not in memory and have no snapshot yet: these read the log, while
+  the service's backfill makes the snapshots);
+- ``backfill_s``: from ready until every room has a snapshot, and ``history_after_backfill_ms``
+  / ``recovery_after_backfill_ms``: the same requests then (rooms still not in memory);
 - ``first_post_ms`` and ``rss_every_room_loaded_mb``: one message posted to every room (as a
   gateway's command; each loads its room from the tail of its subject), and the memory after;
 - ``after_a_restart``: the service stops (saving the presence picture and every room it has in
@@ -143,7 +146,10 @@ async def _measure(
     try:
         async with _chat_started(url, env, log) as (proc, ready_s):
             rss, peak = _rss(proc.pid)
+            made = asyncio.create_task(_snapshots_made(nc, len(seqs)))
             history, recovery = await _reads(nc, seqs, samples)
+            backfill_s = await made
+            history_now, recovery_now = await _reads(nc, seqs, samples)
             rss_after, peak_after = _rss(proc.pid)
             posts = await _post_everywhere(url, len(seqs))
             rss_loaded, peak_loaded = _rss(proc.pid)
@@ -156,10 +162,32 @@ async def _measure(
         "rss_after_reads_mb": round(rss_after, 1),
         "history_ms": p50_p99_ms(history),
         "recovery_ms": p50_p99_ms(recovery),
+        "backfill_s": round(backfill_s, 2),
+        "history_after_backfill_ms": p50_p99_ms(history_now),
+        "recovery_after_backfill_ms": p50_p99_ms(recovery_now),
         "first_post_ms": p50_p99_ms(posts),
         "rss_every_room_loaded_mb": round(rss_loaded, 1),
         "peak_rss_mb_overall": round(max(peak, peak_after, peak_loaded), 1),
     }
+
+
+async def _snapshots_made(nc: Any, rooms: int) -> float:
+    """Seconds until every room has a snapshot (the service's backfill), counted by the
+    bucket's keys every 0.2 s."""
+    from nats.js.errors import NoKeysError
+
+    kv = await nc.jetstream().key_value(subjects.SNAPSHOTS_BUCKET)
+    started = time.perf_counter()
+    while True:
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            keys = []
+        if sum(k.startswith("chat.room.") for k in keys) >= rooms:
+            return time.perf_counter() - started
+        if time.perf_counter() - started > 600:
+            raise RuntimeError("the rooms' snapshots were not all made in 10 minutes")
+        await asyncio.sleep(0.2)  # polling the bucket: the service announces nothing
 
 
 async def _reads(nc: Any, seqs: list[int], samples: int) -> tuple[list[float], list[float]]:

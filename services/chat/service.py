@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 
 from services.chat import metrics
+from services.chat.backfill import Backfill, backfill
 from services.chat.presence import Change, Presence
 from services.chat.room import NotKept, Room
 from services.chat.roomlog import RoomLog
@@ -91,6 +92,8 @@ class ChatService:
         self._subs: list[object] = []
         self._ticker: asyncio.Task[None] | None = None
         self._saver: asyncio.Task[None] | None = None
+        # Snapshots for the rooms of the log that have none (``backfill``); its result, done.
+        self.backfilled: asyncio.Task[Backfill | None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._started = 0.0
 
@@ -112,13 +115,15 @@ class ChatService:
         await self.ownership.start()
         self._ticker = asyncio.create_task(self._tick_loop(), name="chat-ticker")
         self._saver = asyncio.create_task(self._save_loop(), name="chat-room-snapshots")
+        if self.settings.chat_snapshot_backfill:
+            self.backfilled = asyncio.create_task(self._backfill(), name="chat-room-backfill")
         # A predecessor may have died between an append and its broadcast: gateways check their
         # rooms against the log now, instead of at the room's next message.
         await bus.publish(subjects.CHAT_READY, b"")
         log.info("chat ready")
 
     async def stop(self) -> None:
-        await tasks.stop([self._ticker, self._saver])
+        await tasks.stop([self._ticker, self._saver, self.backfilled])
         try:  # while the partitions are still this worker's (giving them up forgets the rooms)
             await asyncio.wait_for(self._save_rooms(in_memory=True), STOP_SAVE_S)
         except Exception as exc:  # NATS gone too, or slow: the next loads read the log
@@ -312,6 +317,25 @@ class ChatService:
                 log.warning("room snapshots not saved", extra={"error": repr(exc)})
             if everything:
                 all_at = time.monotonic() + SNAPSHOT_S
+
+    async def _backfill(self) -> Backfill | None:
+        started = time.monotonic()
+        try:
+            done = await backfill(self.rooms, self.owns, self.settings.chat_snapshot_backfill)
+        except Unavailable as exc:  # the rooms could not be listed: loads read the log, as before
+            log.warning("room snapshots not backfilled", extra={"error": str(exc)})
+            return None
+        if done.saved or done.failed:
+            log.info(
+                "room snapshots backfilled",
+                extra={
+                    "rooms": done.rooms,
+                    "saved": done.saved,
+                    "failed": done.failed,
+                    "seconds": round(time.monotonic() - started, 2),
+                },
+            )
+        return done
 
     async def _save_rooms(self, in_memory: bool) -> None:
         saved = await self.rooms.save_due(in_memory, self.owns)

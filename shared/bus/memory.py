@@ -355,6 +355,13 @@ class MemoryBus:
     async def log_end(self) -> int:
         return len(self._log)
 
+    async def log_subjects(self, pattern: str) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for entry in self._log:
+            if subject_matches(pattern, entry.subject):
+                found[entry.subject] = found.get(entry.subject, 0) + 1
+        return found
+
     async def snapshot(self, key: str) -> bytes | None:
         return self._snapshots.get(key)
 

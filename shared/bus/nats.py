@@ -364,6 +364,24 @@ class NatsBus(Bus):
             raise Unavailable(repr(exc)) from None
         return int(info.state.last_seq)
 
+    async def log_subjects(self, pattern: str) -> dict[str, int]:
+        # The stream info request with a subject filter, page by page: nats-server answers at
+        # most 100,000 subjects at a time (nats-py's stream_info asks for the first page only).
+        found: dict[str, int] = {}
+        api = f"$JS.API.STREAM.INFO.{subjects.EVENTS_STREAM}"
+        while True:
+            req = json.dumps({"subjects_filter": pattern, "offset": len(found)}).encode()
+            try:
+                reply = json.loads((await self.nc.request(api, req, timeout=10.0)).data)
+            except _BROKEN as exc:
+                raise Unavailable(repr(exc)) from None
+            if "error" in reply:
+                raise Unavailable(str(reply["error"]))
+            page = reply.get("state", {}).get("subjects") or {}
+            found.update(page)
+            if not page or len(found) >= int(reply.get("total", 0)):
+                return found
+
     async def _snapshots(self) -> KeyValue:
         # Looked up once (each lookup is a stream info request); a bucket deleted since is
         # looked up again after the error it causes.

@@ -213,6 +213,11 @@ class Bus(Protocol):
         """The sequence of the last entry in the log (0 when empty)."""
         ...
 
+    async def log_subjects(self, pattern: str) -> dict[str, int]:
+        """The log's subjects that match ``pattern`` (wildcards allowed), each with how many
+        entries it holds: which rooms or documents the log has, without reading them."""
+        ...
+
     async def snapshot(self, key: str) -> bytes | None:
         """The last snapshot saved under ``key`` (a projection's cache of the log), or None."""
         ...

@@ -80,6 +80,9 @@ async def test_appends_get_increasing_sequences_and_read_back_in_order(kit: Any)
     assert [e.seq for e in await bus.read(subject(1), limit=1)] == [a.seq]
     assert await bus.read(subject(9)) == []
     assert await bus.log_end() == c.seq
+    assert await bus.log_subjects("ag.evt.chat.*.message") == {subject(1): 2, subject(2): 1}
+    assert await bus.log_subjects(subject(2)) == {subject(2): 1}
+    assert await bus.log_subjects("ag.evt.collab.>") == {}
 
 
 async def test_reads_page_past_a_batch_of_entries(kit: Any) -> None:

@@ -358,6 +358,54 @@ async def test_a_stopping_service_saves_its_rooms(bus: Bus) -> None:
         assert room.seq == 1 and room.duplicate_of("u", "k") == (room.messages[0].messageId, 1)
 
 
+async def test_rooms_of_the_log_without_a_snapshot_get_one_after_start(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log written before snapshots existed (or whose bucket was lost): after start the
+    service saves a snapshot for each room that has none, the room its tail gives, and leaves
+    the others alone; a room not in memory then answers history reading none of its messages."""
+    from services.chat.room_snapshot import decode_room, encode_room, snapshot_key
+
+    t0 = now_ms() - 1000 * (N + 30)  # every message in the dedup window
+    ref = await fill(bus, t0)
+    settings = load_settings({"AG_CHAT_RECENT_MESSAGES": "4", "AG_HEARTBEAT_S": "60"})
+    svc = ChatService(settings, bus)
+    tails = {
+        ctx: await svc.rooms.from_tail(RoomLog(bus, ctx), svc.rooms.horizon()) for ctx in ROOMS
+    }
+    kept = encode_room(tails["a"], 1 << 20)
+    assert kept is not None
+    await bus.save_snapshot(snapshot_key("a"), kept)  # "a" has one already
+    assert [await bus.snapshot(snapshot_key(ctx)) for ctx in ROOMS[1:]] == [None] * 3
+    await svc.start()
+    try:
+        assert svc.backfilled is not None
+        done = await asyncio.wait_for(svc.backfilled, T(20))
+        assert done is not None and (done.rooms, done.saved, done.skipped) == (4, 3, 1)
+        assert await bus.snapshot(snapshot_key("a")) == kept
+        for ctx in ROOMS[1:]:
+            data = await bus.snapshot(snapshot_key(ctx))
+            assert data is not None
+            assert picture(decode_room(data, ctx, 4)) == picture(tails[ctx])
+        reads = count_reads(bus, monkeypatch)
+        for ctx in ROOMS:
+            got = json.loads(await svc._history(HistoryRequest(ctx, limit=4)))
+            want, more = ref[ctx].history(4)
+            assert [m["seq"] for m in got["messages"]] == [m.seq for m in want]
+        assert not reads  # every room answered from its snapshot
+    finally:
+        await svc.stop()
+    # Off: nothing is listed or saved.
+    off = ChatService(
+        load_settings({"AG_CHAT_SNAPSHOT_BACKFILL": "0", "AG_HEARTBEAT_S": "60"}), bus
+    )
+    await off.start()
+    try:
+        assert off.backfilled is None
+    finally:
+        await off.stop()
+
+
 async def test_a_snapshot_the_log_does_not_agree_with_is_not_used(
     bus: Bus, monkeypatch: pytest.MonkeyPatch
 ) -> None:

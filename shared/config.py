@@ -66,8 +66,8 @@ class Settings:
     # The chat service keeps the newest messages of the rooms in use; the rest is read from the log
     chat_cache_rooms: int = 1000  # rooms in memory at most (least recently used leave first)
     chat_recent_messages: int = 100  # newest messages a room in memory keeps
-    # Rooms in the log with no snapshot are read and saved after start, this many at once (0: off)
-    chat_snapshot_backfill: int = 4
+    # After start, rooms of the log with no snapshot are built from the log and saved
+    chat_snapshot_backfill: bool = True
     # Analytics and collaboration
     metrics_window_s: int = 900
     doc_max_bytes: int = 1048576
@@ -179,7 +179,6 @@ def _validate(s: Settings) -> None:
         "analytics_linger_ms",
         "analytics_commit_interval_ms",
         "lazy_flush_ms",
-        "chat_snapshot_backfill",
     ):
         if getattr(s, name) < 0:
             raise ConfigError(f"{PREFIX}{name.upper()} must not be negative")

@@ -5,10 +5,12 @@ milliseconds. A room without one is read from its subject, which makes nats-serv
 stream between the room's messages: with 1,000 rooms over 1,000,000 messages, history p99 of
 ~25-35 ms and a first post of ~0.5 s. Rooms have no snapshot when the log was written before
 snapshots existed, when the bucket was lost or deleted (it is a cache of the log), or when a
-save failed. So after start the service lists the rooms the log has, and for each room of its
-partitions that is not in memory and has no snapshot, loads it from its tail as a first use
-would and saves its snapshot, ``AG_CHAT_SNAPSHOT_BACKFILL`` rooms at a time. Requests are
-answered meanwhile as before (from the log until a room's snapshot is there).
+save failed. So after start the service lists the rooms the log has (``Bus.log_subjects``),
+and builds the rooms of its partitions that are not in memory and have no snapshot by reading
+the chat log once, in order, as a projection would (one walk of the stream for many rooms,
+where reading each room's tail walks it once per room), then saves their snapshots. Memory is
+bounded: a pass takes rooms holding at most ``PASS_ENTRIES`` entries between them, and more
+rooms take more passes. Requests are answered meanwhile as before.
 
 A snapshot is a verified cache (``ChatRooms.restore`` believes it only where the log agrees),
 so one saved here while the room's owner saves its own is harmless: the next load reads on
@@ -21,62 +23,111 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.chat.roomlog import RoomLog
+from services.chat.room import Room
 from services.chat.rooms import ChatRooms
 from shared import subjects
-from shared.bus.port import Unavailable
+from shared.bus.port import Bus, Unavailable
+from shared.eventlog import decode_logged
 from shared.logs import get_logger
+from shared.schemas.events import ChatMessagePosted
 
-__all__ = ["Backfill", "backfill"]
+__all__ = ["PASS_ENTRIES", "Backfill", "backfill", "passes"]
 
 log = get_logger(__name__)
+PASS_ENTRIES = 200_000  # entries of the rooms built in one pass (~100 MB at most in memory)
+READ_BATCH = 5_000
+CHECKS_AT_ONCE = 32  # snapshot lookups in flight
 
 
 @dataclass
 class Backfill:
-    """What one pass did (for logs and tests)."""
+    """What one backfill did (for logs and tests)."""
 
     rooms: int = 0  # rooms in the log
     saved: int = 0  # snapshots made
-    skipped: int = 0  # in memory, another worker's, or with a snapshot already
-    failed: int = 0  # not read or not saved (a later load reads the log, as before)
+    passes: int = 0  # walks of the log
 
 
-async def backfill(rooms: ChatRooms, owns: Callable[[str], bool], concurrency: int) -> Backfill:
+def passes(counts: dict[str, int], most: int) -> list[set[str]]:
+    """Rooms grouped so that each group holds at most ``most`` entries (a bigger room alone)."""
+    groups: list[set[str]] = []
+    group: set[str] = set()
+    size = 0
+    for ctx, n in sorted(counts.items(), key=lambda kv: kv[1]):
+        if group and size + n > most:
+            groups.append(group)
+            group, size = set(), 0
+        group.add(ctx)
+        size += n
+    if group:
+        groups.append(group)
+    return groups
+
+
+async def backfill(
+    rooms: ChatRooms, owns: Callable[[str], bool], most: int = PASS_ENTRIES
+) -> Backfill:
     """Save a snapshot for every room of the log this worker ``owns`` that has none."""
+    bus = rooms.bus
     out = Backfill()
-    contexts = [
-        ctx
-        for ctx in map(
-            subjects.chat_room_of, await rooms.bus.log_subjects(subjects.CHAT_MESSAGES_ALL)
-        )
-        if ctx is not None
-    ]
-    out.rooms = len(contexts)
-    queue = iter(contexts)
-
-    async def one(ctx: str) -> None:
-        if ctx in rooms.rooms or ctx in rooms.evicted or not owns(ctx):
-            out.skipped += 1  # the owner saves a room in memory itself
-            return
-        if await rooms.snapshot_of(ctx) is not None:
-            out.skipped += 1
-            return
+    counts: dict[str, int] = {}
+    for subject, n in (await bus.log_subjects(subjects.CHAT_MESSAGES_ALL)).items():
+        ctx = subjects.chat_room_of(subject)
+        if ctx is not None:
+            counts[ctx] = n
+    out.rooms = len(counts)
+    todo = await _without_snapshot(rooms, [c for c in counts if owns(c) and not _held(rooms, c)])
+    for group in passes({c: counts[c] for c in todo}, most):
+        built = await _walk(bus, group, rooms.settings.chat_recent_messages)
+        out.passes += 1
         horizon = rooms.horizon()
-        room = await rooms.from_tail(RoomLog(rooms.bus, ctx), horizon)
-        room.forget_before(horizon)  # as a load keeps it
-        if await rooms.save([room]):
-            out.saved += 1
-        else:  # nothing to picture (no message on the subject), or the save failed (logged)
-            out.skipped += 1
-
-    async def drain() -> None:
-        for ctx in queue:  # one iterator shared by the tasks: each room is taken once
-            try:
-                await one(ctx)
-            except Unavailable as exc:
-                out.failed += 1
-                log.warning("room snapshot not made", extra={"contextId": ctx, "error": str(exc)})
-
-    await asyncio.gather(*(drain() for _ in range(max(concurrency, 1))))
+        for room in built:
+            room.forget_before(horizon)  # as a load keeps it
+        # The owner saves the rooms it loaded meanwhile itself, from what it has since.
+        out.saved += await rooms.save([r for r in built if not _held(rooms, r.context_id)])
     return out
+
+
+def _held(rooms: ChatRooms, ctx: str) -> bool:
+    return ctx in rooms.rooms or ctx in rooms.evicted
+
+
+async def _without_snapshot(rooms: ChatRooms, contexts: list[str]) -> list[str]:
+    found: list[str] = []
+    for i in range(0, len(contexts), CHECKS_AT_ONCE):
+        chunk = contexts[i : i + CHECKS_AT_ONCE]
+        snaps = await asyncio.gather(*(rooms.snapshot_of(c) for c in chunk))
+        found += [c for c, data in zip(chunk, snaps, strict=True) if data is None]
+    return found
+
+
+async def _walk(bus: Bus, group: set[str], keep: int) -> list[Room]:
+    """The rooms of ``group`` as the chat log gives them, read once from its start to the
+    last entry of each (as of now); Unavailable if the log stops short of that."""
+    last = await bus.last([subjects.chat_messages(c) for c in group])
+    if not last:
+        return []
+    end = max(e.seq for e in last.values())
+    built = {subjects.chat_messages(c): Room(c, keep) for c in group}  # by subject: no parse
+    tail = bus.tail(subjects.CHAT_MESSAGES_ALL, 1)
+    try:
+        seen = 0
+        while seen < end:
+            entries = await tail.fetch(READ_BATCH, timeout=5.0)
+            if not entries:
+                if await tail.pending() == 0:
+                    raise Unavailable(f"the chat log ends at {seen}, before {end}")
+                continue
+            for entry in entries:
+                room = built.get(entry.subject)
+                if room is None or entry.seq > end:
+                    continue
+                ev = decode_logged(entry.data, entry.seq, entry.subject, "chat")
+                if isinstance(ev, ChatMessagePosted):
+                    room.apply(ev, entry.seq)
+                else:
+                    room.skip(entry.seq)
+            seen = entries[-1].seq
+    finally:
+        await tail.close()
+    return list(built.values())

@@ -13,8 +13,9 @@ and its answer). The log is the database: a room in memory keeps its seq, its ne
 and the dedup window; history and recovery past those read the room's subject (``roomlog``);
 at most ``AG_CHAT_CACHE_ROOMS`` rooms stay in memory. A room's picture is saved as a snapshot
 (``room_snapshot``) when it leaves memory, every minute it changed, and at stop, so loading it
-again is two reads, not a search of the stream. Start-up reads presence only, so it takes the
-same time however many messages the log holds.
+again is two reads, not a search of the stream; rooms of the log that have none get one in the
+background after start (``backfill``). Start-up reads presence only, so it takes the same time
+however many messages the log holds.
 """
 
 from __future__ import annotations
@@ -321,17 +322,20 @@ class ChatService:
     async def _backfill(self) -> Backfill | None:
         started = time.monotonic()
         try:
-            done = await backfill(self.rooms, self.owns, self.settings.chat_snapshot_backfill)
-        except Unavailable as exc:  # the rooms could not be listed: loads read the log, as before
+            done = await backfill(self.rooms, self.owns)
+        except Unavailable as exc:  # loads read the log, as before; the next start tries again
             log.warning("room snapshots not backfilled", extra={"error": str(exc)})
             return None
-        if done.saved or done.failed:
+        except Exception:  # a cache not filled is no reason to stop serving
+            log.exception("room snapshot backfill failed")
+            return None
+        if done.saved:
             log.info(
                 "room snapshots backfilled",
                 extra={
                     "rooms": done.rooms,
                     "saved": done.saved,
-                    "failed": done.failed,
+                    "passes": done.passes,
                     "seconds": round(time.monotonic() - started, 2),
                 },
             )

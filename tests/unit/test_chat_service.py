@@ -127,3 +127,11 @@ async def test_a_chain_broken_part_way_stores_each_message_once_and_answers_all(
         assert seqs == {"m1": 1, "m2": 2}
         assert [(e.clientId, e.seq) for e in await stored(bus)] == [("m1", 1), ("m2", 2)]
         assert [len(b) for b in bus.batches] == [1, 1, 1]  # m1, m2 (failed), m2 again
+
+
+def test_backfill_passes_hold_at_most_so_many_entries_and_a_big_room_alone() -> None:
+    from services.chat.backfill import passes
+
+    assert passes({"a": 5, "b": 4, "c": 20, "d": 1}, 10) == [{"d", "b", "a"}, {"c"}]
+    assert passes({"a": 3, "b": 3, "c": 3}, 6) == [{"a", "b"}, {"c"}]
+    assert passes({}, 10) == []

@@ -13,7 +13,9 @@ then starts a real ``python -m services.chat`` and reports:
   after start (the rooms are not in memory and have no snapshot yet: these read the log, while
   the service's backfill makes the snapshots);
 - ``backfill_s``: from ready until every room has a snapshot, and ``history_after_backfill_ms``
-  / ``recovery_after_backfill_ms``: the same requests then (rooms still not in memory);
+  / ``recovery_after_backfill_ms``: the same requests then (rooms still not in memory). With
+  ``AG_CHAT_SNAPSHOT_BACKFILL=false`` in the environment (the service's own setting) there is no
+  backfill to wait for: the second requests read the log too;
 - ``first_post_ms`` and ``rss_every_room_loaded_mb``: one message posted to every room (as a
   gateway's command; each loads its room from the tail of its subject), and the memory after;
 - ``after_a_restart``: the service stops (saving the presence picture and every room it has in
@@ -142,13 +144,15 @@ async def _measure(
 ) -> dict[str, Any]:
     """One start: ready time, memory, history and recovery of rooms not in memory, then one
     message into every room (each loads it) and the memory after."""
+    off = ("0", "false", "no", "off")
+    backfill = env.get("AG_CHAT_SNAPSHOT_BACKFILL", "true").strip().lower() not in off
     nc = await nats.connect(url)
     try:
         async with _chat_started(url, env, log) as (proc, ready_s):
             rss, peak = _rss(proc.pid)
-            made = asyncio.create_task(_snapshots_made(nc, len(seqs)))
+            made = asyncio.create_task(_snapshots_made(nc, len(seqs))) if backfill else None
             history, recovery = await _reads(nc, seqs, samples)
-            backfill_s = await made
+            backfill_s = await made if made is not None else None
             history_now, recovery_now = await _reads(nc, seqs, samples)
             rss_after, peak_after = _rss(proc.pid)
             posts = await _post_everywhere(url, len(seqs))
@@ -162,7 +166,7 @@ async def _measure(
         "rss_after_reads_mb": round(rss_after, 1),
         "history_ms": p50_p99_ms(history),
         "recovery_ms": p50_p99_ms(recovery),
-        "backfill_s": round(backfill_s, 2),
+        "backfill_s": round(backfill_s, 2) if backfill_s is not None else None,
         "history_after_backfill_ms": p50_p99_ms(history_now),
         "recovery_after_backfill_ms": p50_p99_ms(recovery_now),
         "first_post_ms": p50_p99_ms(posts),

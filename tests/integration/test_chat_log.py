@@ -421,12 +421,27 @@ async def test_rooms_of_the_log_without_a_snapshot_get_one_after_start(
         await off.stop()
 
 
-async def test_a_backfill_in_passes_builds_the_same_rooms(bus: Bus) -> None:
+@pytest.mark.parametrize("whole", [True, False])
+async def test_a_backfill_in_passes_builds_the_same_rooms(
+    bus: Bus, whole: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Rooms that hold more entries together than one pass takes are built over several walks
-    of the log, each the room its tail gives; rooms in memory or of another worker's
-    partitions are left to their owner."""
+    of the log (all of it, or only the chat messages when they are a small part of it), each
+    the room its tail gives; rooms in memory or of another worker's partitions are left to
+    their owner."""
+    from services.chat import backfill as backfill_module
     from services.chat.backfill import backfill
     from services.chat.room_snapshot import decode_room, snapshot_key
+
+    monkeypatch.setattr(backfill_module, "WHOLE", 8 if whole else 0)
+    tails: list[str] = []
+    real_tail = bus.tail
+
+    def tail(subject: str, start: int, name: str | None = None) -> Any:
+        tails.append(subject)
+        return real_tail(subject, start, name)
+
+    monkeypatch.setattr(bus, "tail", tail)
 
     await fill(bus, now_ms() - 1000 * (N + 30))
     settings = load_settings({"AG_CHAT_RECENT_MESSAGES": "4", "AG_HEARTBEAT_S": "60"})
@@ -434,6 +449,8 @@ async def test_a_backfill_in_passes_builds_the_same_rooms(bus: Bus) -> None:
     await svc.rooms.load("c")  # in memory: its owner saves it
     done = await backfill(svc.rooms, lambda ctx: ctx != "d", most=45)
     assert (done.rooms, done.saved, done.passes) == (4, 2, 2)  # a and b: ~40 entries each
+    read = subjects.EVENTS_ALL if whole else subjects.CHAT_MESSAGES_ALL
+    assert tails == [read, read]
     for ctx in ("a", "b"):
         data = await bus.snapshot(snapshot_key(ctx))
         assert data is not None

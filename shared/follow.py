@@ -17,6 +17,7 @@ from shared import tasks
 from shared.bus.port import Bus, LogTail, Unavailable
 from shared.eventlog import decode_logged
 from shared.logs import get_logger
+from shared.logscan import read_whole, walk
 from shared.presence import LoggedPresence
 from shared.presence_snapshot import Row, decode_snapshot, encode_snapshot
 
@@ -142,12 +143,27 @@ async def replay_presence(
     after, pictures = await load_presence(bus, key, what, end)
     restore(pictures)
     count = 0
-    for subject in filters:
-        async for ev in presence_events(bus, subject, after, what):
-            count += 1
-            apply(ev)
+    if after == 0 and await _whole_is_cheaper(bus, filters):
+        # No snapshot (a first start): every presence event, in log order, from a read of
+        # the whole log (shared/logscan.py; ~10x a filtered read while they are much of it).
+        async for entries in walk(bus, filters, end, whole=True):
+            for entry in entries:
+                count += 1
+                apply(decode_logged(entry.data, entry.seq, entry.subject, what))
+    else:
+        for subject in filters:
+            async for ev in presence_events(bus, subject, after, what):
+                count += 1
+                apply(ev)
     log.info("presence rebuilt", extra={"what": what, "events": count, "snapshotAt": after})
     return end
+
+
+async def _whole_is_cheaper(bus: Bus, filters: Sequence[str]) -> bool:
+    wanted = 0
+    for f in filters:
+        wanted += sum((await bus.log_subjects(f)).values())
+    return wanted > 0 and await read_whole(bus, wanted)
 
 
 async def load_presence(

@@ -26,20 +26,16 @@ from dataclasses import dataclass
 from services.chat.room import Room
 from services.chat.rooms import ChatRooms
 from shared import subjects
-from shared.bus.port import Bus, Unavailable
+from shared.bus.port import Bus
 from shared.eventlog import decode_logged
 from shared.logs import get_logger
+from shared.logscan import read_whole, walk
 from shared.schemas.events import ChatMessagePosted
 
 __all__ = ["PASS_ENTRIES", "Backfill", "backfill", "passes"]
 
 log = get_logger(__name__)
 PASS_ENTRIES = 200_000  # entries of the rooms built in one pass (~100 MB at most in memory)
-READ_BATCH = 5_000
-# nats-server hands out a filtered tail ~10x slower than the whole stream (300,000 chat messages:
-# 29,000/s filtered by ``ag.evt.chat.*.message``, 320,000/s unfiltered, same run), so while chat
-# messages are at least 1/WHOLE of the log, a pass reads all of it and skips the rest here.
-WHOLE = 8
 CHECKS_AT_ONCE = 32  # snapshot lookups in flight
 
 
@@ -83,10 +79,10 @@ async def backfill(
     todo = await _without_snapshot(rooms, [c for c in counts if owns(c) and not _held(rooms, c)])
     if not todo:
         return out
-    whole = await bus.log_end() <= WHOLE * sum(counts.values())
-    read = subjects.EVENTS_ALL if whole else subjects.CHAT_MESSAGES_ALL
+    # A pass reads the whole log while chat messages are a large enough part of it (logscan).
+    whole = await read_whole(bus, sum(counts.values()))
     for group in passes({c: counts[c] for c in todo}, most):
-        built = await _walk(bus, group, rooms.settings.chat_recent_messages, read)
+        built = await _walk(bus, group, rooms.settings.chat_recent_messages, whole)
         out.passes += 1
         horizon = rooms.horizon()
         for room in built:
@@ -109,34 +105,22 @@ async def _without_snapshot(rooms: ChatRooms, contexts: list[str]) -> list[str]:
     return found
 
 
-async def _walk(bus: Bus, group: set[str], keep: int, read: str) -> list[Room]:
-    """The rooms of ``group`` as the chat log gives them, read once (the entries on ``read``)
-    from its start to the last entry of each (as of now); Unavailable if the log stops short
-    of that."""
+async def _walk(bus: Bus, group: set[str], keep: int, whole: bool) -> list[Room]:
+    """The rooms of ``group`` as the chat log gives them, read once from its start to the
+    last entry of any of them (as of now)."""
     last = await bus.last([subjects.chat_messages(c) for c in group])
     if not last:
         return []
-    end = max(e.seq for e in last.values())
     built = {subjects.chat_messages(c): Room(c, keep) for c in group}  # by subject: no parse
-    tail = bus.tail(read, 1)
-    try:
-        seen = 0
-        while seen < end:
-            entries = await tail.fetch(READ_BATCH, timeout=5.0)
-            if not entries:
-                if await tail.pending() == 0:
-                    raise Unavailable(f"the chat log ends at {seen}, before {end}")
+    end = max(e.seq for e in last.values())
+    async for entries in walk(bus, [subjects.CHAT_MESSAGES_ALL], end, whole=whole):
+        for entry in entries:
+            room = built.get(entry.subject)
+            if room is None:
                 continue
-            for entry in entries:
-                room = built.get(entry.subject)
-                if room is None or entry.seq > end:
-                    continue
-                ev = decode_logged(entry.data, entry.seq, entry.subject, "chat")
-                if isinstance(ev, ChatMessagePosted):
-                    room.apply(ev, entry.seq)
-                else:
-                    room.skip(entry.seq)
-            seen = entries[-1].seq
-    finally:
-        await tail.close()
+            ev = decode_logged(entry.data, entry.seq, entry.subject, "chat")
+            if isinstance(ev, ChatMessagePosted):
+                room.apply(ev, entry.seq)
+            else:
+                room.skip(entry.seq)
     return list(built.values())

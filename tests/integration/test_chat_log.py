@@ -429,11 +429,11 @@ async def test_a_backfill_in_passes_builds_the_same_rooms(
     of the log (all of it, or only the chat messages when they are a small part of it), each
     the room its tail gives; rooms in memory or of another worker's partitions are left to
     their owner."""
-    from services.chat import backfill as backfill_module
     from services.chat.backfill import backfill
     from services.chat.room_snapshot import decode_room, snapshot_key
+    from shared import logscan
 
-    monkeypatch.setattr(backfill_module, "WHOLE", 8 if whole else 0)
+    monkeypatch.setattr(logscan, "WHOLE", 8 if whole else 0)
     tails: list[str] = []
     real_tail = bus.tail
 
@@ -512,13 +512,27 @@ async def _presence(bus: Bus, ctx: str, user: str, joined: bool) -> int:
     return done.seq
 
 
+@pytest.mark.parametrize("whole", [False, True])
 async def test_presence_starts_from_its_snapshot_and_reads_only_what_came_after(
-    bus: Bus, monkeypatch: pytest.MonkeyPatch
+    bus: Bus, whole: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Presence events never stop growing: a service saves the picture when it stops (and every
     minute), and the next one reads only the events logged after it; a snapshot that cannot be
-    read means reading them all, as before."""
+    read means reading them all, as before: by subject, or (``whole``: they are much of the
+    log) in one walk of the whole log."""
     import services.chat.service as chat_module
+    from shared import logscan
+
+    monkeypatch.setattr(logscan, "WHOLE", 8 if whole else 0)
+    walks: list[int] = []
+    real_tail = bus.tail
+
+    def tail(subject: str, start: int, name: str | None = None) -> Any:
+        if subject == subjects.EVENTS_ALL:
+            walks.append(start)
+        return real_tail(subject, start, name)
+
+    monkeypatch.setattr(bus, "tail", tail)
 
     expected: dict[tuple[str, str], bool] = {}
 
@@ -546,10 +560,14 @@ async def test_presence_starts_from_its_snapshot_and_reads_only_what_came_after(
     for snapshot, wanted in ((saved, later), (b"not a snapshot", first_seqs + later)):
         await bus.save_snapshot(chat_module.PRESENCE_SNAPSHOT, snapshot)
         read.clear()
+        walks.clear()
         svc = ChatService(settings, bus)
         await svc.start()
         try:
-            assert [seq for _, seqs in read for seq in seqs] == wanted
+            if whole and snapshot != saved:  # no snapshot: one walk, no read by subject
+                assert walks == [1] and read == []
+            else:
+                assert [seq for _, seqs in read for seq in seqs] == wanted and walks == []
             assert sorted((room, user) for room, user, _, _ in svc.logged.entries()) == present
             assumed = [
                 (r, u["userId"]) for r in svc.presence.rooms() for u in svc.presence.users(r)

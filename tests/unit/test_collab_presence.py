@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from services.collaboration.presence import PresenceKeeper
 from services.collaboration.store import DocStore
 from shared.bus.memory import MemoryBus
@@ -127,11 +129,16 @@ async def test_rebuild_from_a_snapshot_and_what_came_after_equals_reading_every_
     assert resumed.members("c0", "s0") == everything.members("c0", "s0")
 
 
-async def test_a_join_logged_between_the_two_reads_at_start_is_followed_not_skipped() -> None:
+async def test_a_join_logged_between_the_two_reads_at_start_is_followed_not_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Start reads participants, then connections: a join another worker logs in between must
     still be read by the follower, which goes on from the log's end as it was before reading."""
     import uuid
 
+    from shared import logscan
+
+    monkeypatch.setattr(logscan, "WHOLE", 0)  # read by subject, one filter after the other
     from shared import subjects
     from shared.schemas.events import CollabUserConnected, ParticipantJoined, encode_event
 

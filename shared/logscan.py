@@ -13,12 +13,14 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from shared import subjects
-from shared.bus.port import Bus, Entry
+from shared.bus.port import Bus, Entry, Unavailable
 
 __all__ = ["WHOLE", "matcher", "read_whole", "walk"]
 
 WHOLE = 8
 BATCH = 5_000
+STALLS = 3  # empty reads in a row, nothing pending, before a walk gives up short of its end
+READ_TIMEOUT_S = 5.0
 
 
 async def read_whole(bus: Bus, wanted: int, start: int = 1) -> bool:
@@ -46,19 +48,27 @@ async def walk(
     """The entries on the ``wanted`` subject patterns from ``start`` through sequence ``end``,
     a batch at a time, in log order: read through a tail filtered by one pattern, or with
     ``whole`` through a tail of the whole log, the rest skipped here (``read_whole`` says
-    which costs less). Ends early where the log does (nothing more to read)."""
+    which costs less).
+
+    ``end`` is an entry the walk reads (the log's end, or the last entry on the pattern), so
+    coming up short is a failure, never the end of the log: Unavailable after ``STALLS`` reads
+    in a row bring nothing and nothing is pending (a tail that could not open while NATS was
+    away, entries deleted meanwhile). A reader that took a short walk for the whole of it would
+    save a picture with something missing."""
     if len(wanted) != 1 and not whole:
         raise ValueError("a filtered walk reads one pattern")
     keep = matcher(wanted) if whole else None
     tail = bus.tail(subjects.EVENTS_ALL if whole else wanted[0], start)
     try:
-        seen = start - 1
+        seen, stalls = start - 1, 0
         while seen < end:
-            entries = await tail.fetch(BATCH, timeout=5.0)
+            entries = await tail.fetch(BATCH, timeout=READ_TIMEOUT_S)
             if not entries:
-                if await tail.pending() == 0:
-                    return
+                stalls = stalls + 1 if await tail.pending() == 0 else 0
+                if stalls >= STALLS:
+                    raise Unavailable(f"the log could not be read past {seen} (wanted {end})")
                 continue
+            stalls = 0
             seen = entries[-1].seq
             if keep is not None or seen > end:
                 entries = [e for e in entries if e.seq <= end and (keep is None or keep(e.subject))]

@@ -9,6 +9,7 @@ its filters have been read to: everything at or before it has been applied."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
@@ -146,10 +147,12 @@ async def replay_presence(
     if after == 0 and await _whole_is_cheaper(bus, filters):
         # No snapshot (a first start): every presence event, in log order, from a read of
         # the whole log (shared/logscan.py; ~10x a filtered read while they are much of it).
-        async for entries in walk(bus, filters, end, whole=True):
-            for entry in entries:
-                count += 1
-                apply(decode_logged(entry.data, entry.seq, entry.subject, what))
+        events = walk(bus, filters, end, whole=True)
+        async with contextlib.aclosing(events):  # the tail closes at once, however this ends
+            async for entries in events:
+                for entry in entries:
+                    count += 1
+                    apply(decode_logged(entry.data, entry.seq, entry.subject, what))
     else:
         for subject in filters:
             async for ev in presence_events(bus, subject, after, what):

@@ -10,7 +10,7 @@ least ``1/WHOLE`` of what is read, reading everything and matching subjects here
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 from shared import subjects
 from shared.bus.port import Bus, Entry, Unavailable
@@ -44,7 +44,7 @@ def matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
 
 async def walk(
     bus: Bus, wanted: Sequence[str], end: int, start: int = 1, whole: bool = False
-) -> AsyncIterator[list[Entry]]:
+) -> AsyncGenerator[list[Entry], None]:
     """The entries on the ``wanted`` subject patterns from ``start`` through sequence ``end``,
     a batch at a time, in log order: read through a tail filtered by one pattern, or with
     ``whole`` through a tail of the whole log, the rest skipped here (``read_whole`` says

@@ -20,10 +20,13 @@ from whichever is older.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.chat.room import Room
+from services.chat.room_snapshot import snapshot_key
+from services.chat.roomlog import RoomLog
 from services.chat.rooms import ChatRooms
 from shared import subjects
 from shared.bus.port import Bus
@@ -37,6 +40,7 @@ __all__ = ["PASS_ENTRIES", "Backfill", "backfill", "passes"]
 log = get_logger(__name__)
 PASS_ENTRIES = 200_000  # entries of the rooms built in one pass (~100 MB at most in memory)
 CHECKS_AT_ONCE = 32  # snapshot lookups in flight
+FORGET_FROM = 1_024  # dedup entries a room holds before a walk first drops the stale ones
 
 
 @dataclass
@@ -67,22 +71,37 @@ def passes(counts: dict[str, int], most: int) -> list[set[str]]:
 async def backfill(
     rooms: ChatRooms, owns: Callable[[str], bool], most: int = PASS_ENTRIES
 ) -> Backfill:
-    """Save a snapshot for every room of the log this worker ``owns`` that has none."""
+    """Save a snapshot for every room of the log this worker ``owns`` that has none.
+
+    The rooms to do are built by walks of the whole log while they hold enough of it
+    (``logscan.read_whole``); a few rooms (rooms that came up since, or that can have no
+    snapshot: nothing but undecodable entries) are loaded from their tails one by one instead,
+    as a first use would, so they never cost a walk of the whole log on every start."""
     bus = rooms.bus
     out = Backfill()
     counts: dict[str, int] = {}
     for subject, n in (await bus.log_subjects(subjects.CHAT_MESSAGES_ALL)).items():
-        ctx = subjects.chat_room_of(subject)
+        try:
+            ctx = subjects.chat_room_of(subject)
+        except ValueError:  # not a room subject this code writes: nothing to build
+            continue
         if ctx is not None:
             counts[ctx] = n
     out.rooms = len(counts)
     todo = await _without_snapshot(rooms, [c for c in counts if owns(c) and not _held(rooms, c)])
     if not todo:
         return out
-    # A pass reads the whole log while chat messages are a large enough part of it (logscan).
-    whole = await read_whole(bus, sum(counts.values()))
+    keep = rooms.settings.chat_recent_messages
+    if not await read_whole(bus, sum(counts[c] for c in todo)):
+        for ctx in todo:
+            horizon = rooms.horizon()
+            room = await rooms.from_tail(RoomLog(bus, ctx), horizon)
+            room.forget_before(horizon)  # as a load keeps it
+            if not _held(rooms, ctx):
+                out.saved += await rooms.save([room])
+        return out
     for group in passes({c: counts[c] for c in todo}, most):
-        built = await _walk(bus, group, rooms.settings.chat_recent_messages, whole)
+        built = await _walk(bus, group, keep, rooms.horizon())
         out.passes += 1
         horizon = rooms.horizon()
         for room in built:
@@ -100,27 +119,37 @@ async def _without_snapshot(rooms: ChatRooms, contexts: list[str]) -> list[str]:
     found: list[str] = []
     for i in range(0, len(contexts), CHECKS_AT_ONCE):
         chunk = contexts[i : i + CHECKS_AT_ONCE]
-        snaps = await asyncio.gather(*(rooms.snapshot_of(c) for c in chunk))
+        # The bucket itself, not rooms.snapshot_of: a store that cannot answer must stop the
+        # backfill (Unavailable), not make every room look as if it had no snapshot.
+        snaps = await asyncio.gather(*(rooms.bus.snapshot(snapshot_key(c)) for c in chunk))
         found += [c for c, data in zip(chunk, snaps, strict=True) if data is None]
     return found
 
 
-async def _walk(bus: Bus, group: set[str], keep: int, whole: bool) -> list[Room]:
+async def _walk(bus: Bus, group: set[str], keep: int, horizon: int) -> list[Room]:
     """The rooms of ``group`` as the chat log gives them, read once from its start to the
-    last entry of any of them (as of now)."""
+    last entry of any of them (as of now); dedup entries older than ``horizon`` may go."""
     last = await bus.last([subjects.chat_messages(c) for c in group])
     if not last:
         return []
     built = {subjects.chat_messages(c): Room(c, keep) for c in group}  # by subject: no parse
     end = max(e.seq for e in last.values())
-    async for entries in walk(bus, [subjects.CHAT_MESSAGES_ALL], end, whole=whole):
-        for entry in entries:
-            room = built.get(entry.subject)
-            if room is None:
-                continue
-            ev = decode_logged(entry.data, entry.seq, entry.subject, "chat")
-            if isinstance(ev, ChatMessagePosted):
-                room.apply(ev, entry.seq)
-            else:
-                room.skip(entry.seq)
+    # A room drops dedup entries older than the window as it grows, not only at the end: one
+    # room of millions of old messages holds its newest and its window, not all of them.
+    forget_at = dict.fromkeys(built.values(), FORGET_FROM)
+    messages = walk(bus, [subjects.CHAT_MESSAGES_ALL], end, whole=True)
+    async with contextlib.aclosing(messages):  # the tail closes at once, however this ends
+        async for entries in messages:
+            for entry in entries:
+                room = built.get(entry.subject)
+                if room is None:
+                    continue
+                ev = decode_logged(entry.data, entry.seq, entry.subject, "chat")
+                if isinstance(ev, ChatMessagePosted):
+                    room.apply(ev, entry.seq)
+                    if room.dedup_size >= forget_at[room]:  # amortised: at each doubling
+                        room.forget_before(horizon)
+                        forget_at[room] = max(2 * room.dedup_size, FORGET_FROM)
+                else:
+                    room.skip(entry.seq)
     return list(built.values())

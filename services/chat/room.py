@@ -140,6 +140,10 @@ class Room:
         hit = self._dedup.get(key) if key is not None else None
         return (hit[0], hit[1]) if hit else None
 
+    @property
+    def dedup_size(self) -> int:
+        return len(self._dedup)
+
     def forget_before(self, horizon_ms: int) -> None:
         """Drop dedup entries older than the window (kept at least that long, as promised)."""
         stale = [k for k, v in self._dedup.items() if v[2] < horizon_ms]

@@ -21,6 +21,7 @@ however many messages the log holds.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import Coroutine
@@ -93,8 +94,11 @@ class ChatService:
         self._subs: list[object] = []
         self._ticker: asyncio.Task[None] | None = None
         self._saver: asyncio.Task[None] | None = None
-        # Snapshots for the rooms of the log that have none (``backfill``); its result, done.
+        # Snapshots for the rooms of the log that have none (``backfill``), for the partitions
+        # gained since the last run (all of them at start); the running or last run.
         self.backfilled: asyncio.Task[Backfill | None] | None = None
+        self._backfill_due: set[int] = set()
+        self._backfill_open = False  # set once the first ownership round is done
         self._background: set[asyncio.Task[None]] = set()
         self._started = 0.0
 
@@ -116,8 +120,8 @@ class ChatService:
         await self.ownership.start()
         self._ticker = asyncio.create_task(self._tick_loop(), name="chat-ticker")
         self._saver = asyncio.create_task(self._save_loop(), name="chat-room-snapshots")
-        if self.settings.chat_snapshot_backfill:
-            self.backfilled = asyncio.create_task(self._backfill(), name="chat-room-backfill")
+        self._backfill_open = True  # every partition of the first round in one run
+        self._want_backfill()
         # A predecessor may have died between an append and its broadcast: gateways check their
         # rooms against the log now, instead of at the room's next message.
         await bus.publish(subjects.CHAT_READY, b"")
@@ -141,6 +145,10 @@ class ChatService:
         return self.ownership.owns(self.rooms.partition(context_id))
 
     async def _partition_moved(self, partition: int, gained: bool) -> None:
+        if gained:  # its rooms may have no snapshot (a predecessor that never saved them)
+            self._want_backfill(partition)
+        else:
+            self._backfill_due.discard(partition)
         self.rooms.forget_partition(partition)
         if gained:
             # The last owner may have died between an append and its broadcast: gateways
@@ -319,10 +327,31 @@ class ChatService:
             if everything:
                 all_at = time.monotonic() + SNAPSHOT_S
 
+    def _owns_of(self, partitions: set[int], context_id: str) -> bool:
+        return self.rooms.partition(context_id) in partitions and self.owns(context_id)
+
+    def _want_backfill(self, partition: int | None = None) -> None:
+        if not self.settings.chat_snapshot_backfill:
+            return
+        if partition is not None:
+            self._backfill_due.add(partition)
+        running = self.backfilled is not None and not self.backfilled.done()
+        if self._backfill_open and self._backfill_due and not running:
+            self.backfilled = asyncio.create_task(self._backfill(), name="chat-room-backfill")
+
     async def _backfill(self) -> Backfill | None:
+        """Runs while partitions are due (those gained meanwhile make one more run)."""
         started = time.monotonic()
+        done = Backfill()
         try:
-            done = await backfill(self.rooms, self.owns)
+            while self._backfill_due:
+                due, self._backfill_due = self._backfill_due, set()
+                run = await backfill(self.rooms, functools.partial(self._owns_of, due))
+                done.rooms, done.saved, done.passes = (
+                    run.rooms,
+                    done.saved + run.saved,
+                    done.passes + run.passes,
+                )
         except Unavailable as exc:  # loads read the log, as before; the next start tries again
             log.warning("room snapshots not backfilled", extra={"error": str(exc)})
             return None

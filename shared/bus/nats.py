@@ -69,6 +69,7 @@ WRONG_LAST_SEQUENCE = 10071  # Nats-Expected-Last-Subject-Sequence did not hold
 BATCH_DUPLICATE_ID = 10201  # a Nats-Msg-Id in the batch was already stored
 _GET_BATCH = 256  # entries per batched direct get
 _BROKEN = (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError)
+_SUBJECT_PAGES = 1_000  # of 100,000 subjects each (log_subjects)
 
 
 # --- connections -----------------------------------------------------------------------------
@@ -369,8 +370,9 @@ class NatsBus(Bus):
         # most 100,000 subjects at a time (nats-py's stream_info asks for the first page only).
         found: dict[str, int] = {}
         api = f"$JS.API.STREAM.INFO.{subjects.EVENTS_STREAM}"
-        while True:
-            req = json.dumps({"subjects_filter": pattern, "offset": len(found)}).encode()
+        offset = 0
+        for _ in range(_SUBJECT_PAGES):
+            req = json.dumps({"subjects_filter": pattern, "offset": offset}).encode()
             try:
                 reply = json.loads((await self.nc.request(api, req, timeout=10.0)).data)
             except _BROKEN as exc:
@@ -379,8 +381,12 @@ class NatsBus(Bus):
                 raise Unavailable(str(reply["error"]))
             page = reply.get("state", {}).get("subjects") or {}
             found.update(page)
-            if not page or len(found) >= int(reply.get("total", 0)):
+            # By position in the server's sorted list: a subject added meanwhile shifts the
+            # rest by one (seen twice, harmless), so count positions, not what was found.
+            offset += len(page)
+            if not page or offset >= int(reply.get("total", 0)):
                 return found
+        raise Unavailable(f"more than {_SUBJECT_PAGES} pages of subjects on {pattern}")
 
     async def _snapshots(self) -> KeyValue:
         # Looked up once (each lookup is a stream info request); a bucket deleted since is

@@ -426,9 +426,9 @@ async def test_a_backfill_in_passes_builds_the_same_rooms(
     bus: Bus, whole: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rooms that hold more entries together than one pass takes are built over several walks
-    of the log (all of it, or only the chat messages when they are a small part of it), each
-    the room its tail gives; rooms in memory or of another worker's partitions are left to
-    their owner."""
+    of the whole log, or (``whole`` False: too small a part of it) loaded from their tails one
+    by one, each the room its tail gives; rooms in memory or of another worker's partitions
+    are left to their owner."""
     from services.chat.backfill import backfill
     from services.chat.room_snapshot import decode_room, snapshot_key
     from shared import logscan
@@ -448,15 +448,41 @@ async def test_a_backfill_in_passes_builds_the_same_rooms(
     svc = ChatService(settings, bus)
     await svc.rooms.load("c")  # in memory: its owner saves it
     done = await backfill(svc.rooms, lambda ctx: ctx != "d", most=45)
-    assert (done.rooms, done.saved, done.passes) == (4, 2, 2)  # a and b: ~40 entries each
-    read = subjects.EVENTS_ALL if whole else subjects.CHAT_MESSAGES_ALL
-    assert tails == [read, read]
+    # a and b: ~40 entries each, so two passes when walked
+    assert (done.rooms, done.saved, done.passes) == (4, 2, 2 if whole else 0)
+    assert tails == ([subjects.EVENTS_ALL] * 2 if whole else [])
     for ctx in ("a", "b"):
         data = await bus.snapshot(snapshot_key(ctx))
         assert data is not None
         tail = await svc.rooms.from_tail(RoomLog(bus, ctx), svc.rooms.horizon())
         assert same_room(decode_room(data, ctx, 4), tail)
     assert [await bus.snapshot(snapshot_key(ctx)) for ctx in ("c", "d")] == [None, None]
+
+
+async def test_rooms_of_partitions_gained_after_start_are_backfilled_then() -> None:
+    """A restart whose predecessor's leases have not lapsed yet owns nothing at start; the
+    partitions it gains a lease later get their rooms' snapshots then."""
+    from services.chat.room_snapshot import snapshot_key
+
+    bus = MemoryBus(lease_s=1.0)
+    await fill(bus, now_ms() - 1000 * (N + 30))
+    settings = load_settings({"AG_HEARTBEAT_S": "60", "AG_LEASE_S": "1"})
+    leases = bus.leases()
+    for p in range(settings.partitions):  # a crashed predecessor's leases, still live
+        assert await leases.claim(f"chat.p.{p}", "predecessor") is not None
+    svc = ChatService(settings, bus)
+    await svc.start()
+    try:
+        assert svc.backfilled is None and not any(svc.owns(ctx) for ctx in ROOMS)
+        deadline = asyncio.get_running_loop().time() + T(15)
+        while svc.backfilled is None or not svc.backfilled.done() or svc._backfill_due:
+            assert asyncio.get_running_loop().time() < deadline, "no backfill after the leases"
+            await asyncio.sleep(0.05)  # polling: the leases lapse on the bus's clock
+        assert all(svc.owns(ctx) for ctx in ROOMS)
+        assert all([await bus.snapshot(snapshot_key(ctx)) is not None for ctx in ROOMS])
+    finally:
+        await svc.stop()
+    await bus.close()
 
 
 async def test_a_snapshot_the_log_does_not_agree_with_is_not_used(

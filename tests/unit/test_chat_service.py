@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -135,3 +136,35 @@ def test_backfill_passes_hold_at_most_so_many_entries_and_a_big_room_alone() -> 
     assert passes({"a": 5, "b": 4, "c": 20, "d": 1}, 10) == [{"d", "b", "a"}, {"c"}]
     assert passes({"a": 3, "b": 3, "c": 3}, 6) == [{"a", "b"}, {"c"}]
     assert passes({}, 10) == []
+
+
+async def test_a_backfill_walk_keeps_a_big_rooms_dedup_to_its_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One room of many old messages: the walk drops dedup entries past the window as it
+    goes, so it holds about its window, not every message it read."""
+    from services.chat import backfill as backfill_module
+    from shared.timefmt import now_ms
+
+    bus = MemoryBus()
+    old = now_ms() - 3_600_000  # an hour ago: outside the dedup window
+    for i in range(1, 5001):
+        ev = ChatMessagePosted(
+            contextId="big", ts=old + i, messageId=f"m{i}", seq=i, userId="u",
+            userName="U", content="x", clientId=f"k{i}",
+        )  # fmt: skip
+        await bus.append(subjects.chat_messages("big"), encode_event(ev), msg_id=f"m{i}")
+    sizes: list[int] = []
+    real = backfill_module.Room.apply
+
+    def apply(room: Any, ev: ChatMessagePosted, seq: int) -> bool:
+        done = real(room, ev, seq)
+        sizes.append(room.dedup_size)
+        return done
+
+    monkeypatch.setattr(backfill_module.Room, "apply", apply)
+    horizon = now_ms() - 240_000
+    built = await backfill_module._walk(bus, {"big"}, 100, horizon)
+    assert built[0].seq == 5000 and len(sizes) == 5000
+    assert max(sizes) <= backfill_module.FORGET_FROM
+    await bus.close()

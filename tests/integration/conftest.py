@@ -47,6 +47,21 @@ async def nats_bus(nats_url: str) -> AsyncIterator[Any]:
         await bus.close()
 
 
+@pytest.fixture
+async def memory_bus() -> AsyncIterator[Any]:
+    from shared.bus.memory import MemoryBus
+
+    mem = MemoryBus()
+    yield mem
+    await mem.close()
+
+
+@pytest.fixture(params=["memory_bus", "nats_bus"])
+def bus(request: pytest.FixtureRequest) -> Any:
+    """The in-memory twin, then a ``NatsBus`` on a real nats-server: the same test on both."""
+    return request.getfixturevalue(request.param)
+
+
 async def _provision(url: str) -> None:
     import nats
 

@@ -18,7 +18,7 @@ from shared import tasks
 from shared.bus.port import Bus, LogTail, Unavailable
 from shared.eventlog import decode_logged
 from shared.logs import get_logger
-from shared.logscan import read_whole, walk
+from shared.logscan import matcher, read_whole, walk
 from shared.presence import LoggedPresence
 from shared.presence_snapshot import Row, decode_snapshot, encode_snapshot
 
@@ -147,7 +147,7 @@ async def replay_presence(
     if after == 0 and await _whole_is_cheaper(bus, filters):
         # No snapshot (a first start): every presence event, in log order, from a read of
         # the whole log (shared/logscan.py; ~10x a filtered read while they are much of it).
-        events = walk(bus, filters, end, whole=True)
+        events = walk(bus, end, matcher(filters))
         async with contextlib.aclosing(events):  # the tail closes at once, however this ends
             async for entries in events:
                 for entry in entries:

@@ -119,7 +119,7 @@ async def _without_snapshot(rooms: ChatRooms, contexts: list[str]) -> list[str]:
     found: list[str] = []
     for i in range(0, len(contexts), CHECKS_AT_ONCE):
         chunk = contexts[i : i + CHECKS_AT_ONCE]
-        # The bucket itself, not rooms.snapshot_of: a store that cannot answer must stop the
+        # The bucket itself, not ChatRooms._snapshot: a store that cannot answer must stop the
         # backfill (Unavailable), not make every room look as if it had no snapshot.
         snaps = await asyncio.gather(*(rooms.bus.snapshot(snapshot_key(c)) for c in chunk))
         found += [c for c, data in zip(chunk, snaps, strict=True) if data is None]
@@ -137,13 +137,12 @@ async def _walk(bus: Bus, group: set[str], keep: int, horizon: int) -> list[Room
     # A room drops dedup entries older than the window as it grows, not only at the end: one
     # room of millions of old messages holds its newest and its window, not all of them.
     forget_at = dict.fromkeys(built.values(), FORGET_FROM)
-    messages = walk(bus, [subjects.CHAT_MESSAGES_ALL], end, whole=True)
+    # The group's own subjects are the test: exact, cheaper than matching a pattern first.
+    messages = walk(bus, end, built.__contains__)
     async with contextlib.aclosing(messages):  # the tail closes at once, however this ends
         async for entries in messages:
             for entry in entries:
-                room = built.get(entry.subject)
-                if room is None:
-                    continue
+                room = built[entry.subject]
                 ev = decode_logged(entry.data, entry.seq, entry.subject, "chat")
                 if isinstance(ev, ChatMessagePosted):
                     room.apply(ev, entry.seq)

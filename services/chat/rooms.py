@@ -104,7 +104,7 @@ class ChatRooms:
         """The room from its snapshot, brought up to the log's end; None when there is no
         snapshot the log agrees with, or the log has moved on too far since (read the tail)."""
         data, (last, newest) = await asyncio.gather(
-            self.snapshot_of(room_log.context_id), room_log.last_hit()
+            self._snapshot(room_log.context_id), room_log.last_hit()
         )
         if data is None or last is None:
             return None
@@ -148,7 +148,7 @@ class ChatRooms:
                 return None  # far behind: reading the tail costs less
         return room
 
-    async def snapshot_of(self, context_id: str) -> bytes | None:
+    async def _snapshot(self, context_id: str) -> bytes | None:
         try:
             return await self.bus.snapshot(snapshot_key(context_id))
         except Unavailable as exc:  # a cache: the room is read from the log instead

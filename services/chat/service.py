@@ -347,11 +347,9 @@ class ChatService:
             while self._backfill_due:
                 due, self._backfill_due = self._backfill_due, set()
                 run = await backfill(self.rooms, functools.partial(self._owns_of, due))
-                done.rooms, done.saved, done.passes = (
-                    run.rooms,
-                    done.saved + run.saved,
-                    done.passes + run.passes,
-                )
+                done.rooms = run.rooms
+                done.saved += run.saved
+                done.passes += run.passes
         except Unavailable as exc:  # loads read the log, as before; the next start tries again
             log.warning("room snapshots not backfilled", extra={"error": str(exc)})
             return None

@@ -19,7 +19,7 @@ import asyncio
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -312,6 +312,17 @@ class _Flushable(Protocol):
 # microseconds, so a lone frame is not held back noticeably.
 FLUSH_TURNS = 2
 
+# Corking: while flushes take most of the loop's time (a large room under a stream of messages:
+# one system call per socket per flush), the next flush waits about as long as the last one
+# took, up to CORK_MAX_S, so the messages that arrive meanwhile share its writes. It starts when
+# a flush took CORK_ON of the time since the one before ended, and stops under CORK_OFF (the
+# gap keeps it from flapping). A flush under CORK_MIN_S (a hundred sockets or so) never makes
+# the next one wait: a lone message, or a small room, goes out as before.
+CORK_ON = 0.5
+CORK_OFF = 0.25
+CORK_MIN_S = 0.001
+CORK_MAX_S = 0.010
+
 
 class Flusher:
     """Collects the sockets with frames waiting and writes them all once per flush, a few loop
@@ -324,13 +335,16 @@ class Flusher:
     one (5,000 sockets set up in rooms of 100: ~1,050 per gateway CPU-second against ~870).
     """
 
-    def __init__(self, lazy_s: float = 0.0) -> None:
+    def __init__(self, lazy_s: float = 0.0, clock: Callable[[], float] = time.perf_counter) -> None:
         self._dirty: list[_Flushable] = []
         self._lazy: list[_Flushable] = []
         self._lazy_s = lazy_s
         self._lazy_timer: asyncio.TimerHandle | None = None
         self._cache = FrameCache()
         self._scheduled = False
+        self._cork_s = 0.0  # how long the next flush waits (0: FLUSH_TURNS turns)
+        self._last_end = 0.0
+        self._clock = clock
         # Kept: asyncio.get_running_loop() costs a getpid() system call each time.
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -344,7 +358,10 @@ class Flusher:
         self._dirty.append(conn)
         if not self._scheduled:
             self._scheduled = True
-            self._running_loop().call_soon(self._linger, FLUSH_TURNS)
+            if self._cork_s:
+                self._running_loop().call_later(self._cork_s, self._linger, 0)
+            else:
+                self._running_loop().call_soon(self._linger, FLUSH_TURNS)
 
     def mark_lazy(self, conn: _Flushable) -> None:
         """``conn``'s waiting frames may all wait up to ``lazy_s``."""
@@ -362,7 +379,18 @@ class Flusher:
         else:
             self._scheduled = False
             dirty, self._dirty = self._dirty, []
+            start = self._clock()
             self._flush(dirty)
+            self._corked(start, self._clock())
+
+    def _corked(self, start: float, end: float) -> None:
+        took, since = end - start, end - self._last_end
+        self._last_end = end
+        share = took / since if since > 0 else 1.0
+        if took >= CORK_MIN_S and (share >= CORK_ON or (self._cork_s and share >= CORK_OFF)):
+            self._cork_s = min(took, CORK_MAX_S)
+        else:
+            self._cork_s = 0.0
 
     def _flush_lazy(self) -> None:
         self._lazy_timer = None

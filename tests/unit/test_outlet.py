@@ -336,3 +336,58 @@ async def test_with_a_small_queue_frames_that_may_wait_never_close_a_healthy_soc
     assert h.conn.close_code is None
     assert h.outlet.messages() == [{"joined": i} for i in range(40)] + [{"n": "last"}]
     await h.stop()
+
+
+class SlowSocket:
+    """A socket whose flush takes ``cost`` seconds of the flusher's (fake) clock: the system
+    call per socket of a large room, added up."""
+
+    def __init__(self, clock: list[float], cost: float) -> None:
+        self.clock, self.cost, self.flushes = clock, cost, 0
+        self.flushed = asyncio.Event()
+
+    def flush(self, cache: FrameCache) -> None:
+        self.clock[0] += self.cost
+        self.flushes += 1
+        self.flushed.set()
+
+    async def turns(self) -> None:
+        for _ in range(FLUSH_TURNS + 1):
+            await asyncio.sleep(0)
+
+
+async def test_flushes_that_keep_the_loop_busy_wait_to_share_their_writes() -> None:
+    now = [100.0]
+    flusher = Flusher(clock=lambda: now[0])
+    big = SlowSocket(now, 0.004)  # 4 ms a flush: a few hundred sockets' writes
+    flusher.mark(big)
+    await big.turns()
+    assert big.flushes == 1  # the first flush: nothing says the loop is busy yet
+    flusher.mark(big)  # the next message right after it: the loop is all flushes now
+    await big.turns()
+    assert big.flushes == 2
+    big.flushed.clear()
+    flusher.mark(big)
+    await big.turns()
+    assert big.flushes == 2  # corked: waits about as long as the last flush took
+    await asyncio.wait_for(big.flushed.wait(), 5)
+    assert big.flushes == 3
+
+    now[0] += 1.0  # a second of quiet: the loop is no longer busy flushing
+    big.flushed.clear()
+    flusher.mark(big)  # still waits (decided by the last flush), then finds the loop idle
+    await asyncio.wait_for(big.flushed.wait(), 5)
+    big.flushed.clear()
+    flusher.mark(big)
+    await big.turns()
+    assert big.flushes == 5  # uncorked: after FLUSH_TURNS turns again
+
+
+async def test_small_flushes_never_wait_however_often_they_come() -> None:
+    now = [100.0]
+    flusher = Flusher(clock=lambda: now[0])
+    small = SlowSocket(now, 0.0002)  # 0.2 ms: a room of a few dozen
+    for i in range(10):
+        flusher.mark(small)
+        await small.turns()
+        assert small.flushes == i + 1

@@ -335,7 +335,8 @@ def _durable(rate: float) -> dict[str, Any]:
     os.sched_setaffinity(0, SERVER_CPUS | LOAD_CPUS)
     with BenchStack(["chat", "analytics", "collaboration", "gateway"]) as stack:
         low = asyncio.run(_acks(stack.chat_url, 10, 10, 20))
-        high = asyncio.run(_acks(stack.chat_url, 100, 10, rate))
+        pids = {**stack.pids, "load": os.getpid()}  # nats-server and every service
+        high = asyncio.run(_acks(stack.chat_url, 100, 10, rate, pids))
         assert stack.nats is not None
         raw = asyncio.run(_raw_appends(stack.nats.url, 100, rate))
     os.sched_setaffinity(0, LOAD_CPUS)
@@ -380,9 +381,16 @@ async def _raw_appends(nats_url: str, rooms: int, rate: float) -> dict[str, Any]
     return {"rate": rate, "rooms": rooms, "appends": len(lat), **p50_p99_ms(lat)}
 
 
-async def _acks(url: Callable[[str, str], str], rooms: int, per_room: int, rate: float) -> Any:
+async def _acks(
+    url: Callable[[str, str], str],
+    rooms: int,
+    per_room: int,
+    rate: float,
+    pids: dict[str, int] | None = None,
+) -> Any:
     """The durable path: ``rate`` messages/s spread over ``rooms`` rooms of ``per_room``
-    members (each member sends in turn), send -> ack per message."""
+    members (each member sends in turn), send -> ack per message; with ``pids``, the cores each
+    of those processes used from the first send to the last ack."""
     sent: dict[bytes, int] = {}
     lat: list[float] = []
     ack_id = re.compile(rb'"id":"(a\d+)"')
@@ -396,6 +404,7 @@ async def _acks(url: Callable[[str, str], str], rooms: int, per_room: int, rate:
     urls = [url(f"acker{i}", f"acks-{i // per_room}") for i in range(rooms * per_room)]
     socks, _ = await _open_many(urls, b'"type":"presence"', lambda: on_text)
     total = int(rate * 5)
+    cpu0 = {k: cpu_seconds([p]) for k, p in (pids or {}).items()}
     t0 = time.perf_counter()
     for i in range(total):
         delay = t0 + i / rate - time.perf_counter()
@@ -408,6 +417,8 @@ async def _acks(url: Callable[[str, str], str], rooms: int, per_room: int, rate:
     deadline = time.perf_counter() + 10
     while sent and time.perf_counter() < deadline:
         await asyncio.sleep(0.05)  # polling for the last acks
+    wall = time.perf_counter() - t0
+    cores = {k: round((cpu_seconds([p]) - cpu0[k]) / wall, 2) for k, p in (pids or {}).items()}
     for sock in socks:
         sock.close()
     return {
@@ -417,6 +428,7 @@ async def _acks(url: Callable[[str, str], str], rooms: int, per_room: int, rate:
         "acked": len(lat),
         "missing": len(sent),
         **p50_p99_ms(lat),
+        **({"cores": cores} if cores else {}),
     }
 
 

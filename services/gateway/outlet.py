@@ -358,7 +358,9 @@ class Flusher:
         self._dirty.append(conn)
         if not self._scheduled:
             self._scheduled = True
-            if self._cork_s:
+            # Corked only while the last flush is recent: the first message after a quiet
+            # spell finds the loop idle and goes at once.
+            if self._cork_s and self._clock() - self._last_end < 2 * CORK_MAX_S:
                 self._running_loop().call_later(self._cork_s, self._linger, 0)
             else:
                 self._running_loop().call_soon(self._linger, FLUSH_TURNS)

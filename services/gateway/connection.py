@@ -197,23 +197,25 @@ class Conn:
         log.warning("slow consumer closed", extra={"connectionId": self.id})
         self.close(CLOSE_TRY_AGAIN, "slow consumer")
 
-    def flush(self, cache: FrameCache) -> None:
-        """Write what was emitted this loop turn (the ``Flusher`` calls this once per turn)."""
+    def flush(self, cache: FrameCache) -> int:
+        """Write what was emitted since the last flush (the ``Flusher`` calls this a few loop
+        turns, or while corked a few ms, after the first); how many frames left in the write."""
         self._urgent = False
         texts = self._pending
         if not texts:
-            return
+            return 0
         self._pending = []
         if self.state is ConnState.CLOSED:
-            return
+            return 0
         outlet = self._outlet
         if outlet is not None and outlet.can_write():
             outlet.write(cache.batch(texts) if self.batch else cache.frames(texts))
             if self.on_sent:
                 self.on_sent(len(texts))
-            return
+            return len(texts)
         for text in texts:  # paused meanwhile: the queue takes them, in order (it is empty)
             self._emit(text, False)
+        return 0
 
     async def reply(
         self, result: Awaitable[ReplyLike] | ReplyLike, then: Callable[[], None] | None = None
@@ -267,8 +269,8 @@ class Conn:
         self._wake_writer()
 
     async def flushed(self) -> None:
-        """Wait until the writer has sent what is queued (the outlet's frames go at the end of
-        the turn they were emitted in)."""
+        """Wait until the writer has sent what is queued (the outlet's frames go with the
+        ``Flusher``'s next flush)."""
         while self._writer_task is not None and not self._writer_task.done():
             if self._drained is None or self._drained.done():
                 self._drained = asyncio.get_running_loop().create_future()

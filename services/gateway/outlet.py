@@ -3,8 +3,9 @@
 A server frame is never masked, so a broadcast's frame is the same bytes for every socket: it is
 built once (``FrameCache``) and written to each transport, instead of each socket's writer task
 taking the text from its queue and uvicorn and ``websockets`` framing it again. Frames for one
-socket that are ready within a few event-loop turns leave in one write (``Flusher``): under
-load a busy room costs one system call per socket per flush, not per frame.
+socket that are ready within a few event-loop turns (up to CORK_MAX_S while flushes keep the
+loop busy) leave in one write (``Flusher``): under load a busy room costs one system call per
+socket per flush, not per frame.
 
 ``OutletProtocol`` is uvicorn's sans-I/O ``websockets`` protocol with one ASGI extension,
 ``atomic-guide.outlet`` in the WebSocket scope: the protocol object itself, which says whether a
@@ -28,6 +29,7 @@ from websockets.protocol import Protocol as WebSocketsProtocol
 from websockets.protocol import State
 
 from services.gateway.expiry import Expiries, Filed
+from shared.logs import get_logger
 
 __all__ = [
     "EXTENSION",
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 EXTENSION = "atomic-guide.outlet"
+log = get_logger(__name__)
 
 
 class Outlet(Protocol):
@@ -302,7 +305,9 @@ class FrameCache:
 
 
 class _Flushable(Protocol):
-    def flush(self, cache: FrameCache) -> None: ...
+    def flush(self, cache: FrameCache) -> int:
+        """Write what waits; how many frames that was."""
+        ...
 
 
 # Loop turns a flush waits after the first frame is marked. A burst (sockets joining a room,
@@ -315,18 +320,19 @@ FLUSH_TURNS = 2
 # Corking: while flushes take most of the loop's time (a large room under a stream of messages:
 # one system call per socket per flush), the next flush waits about as long as the last one
 # took, up to CORK_MAX_S, so the messages that arrive meanwhile share its writes. It starts when
-# a flush took CORK_ON of the time since the one before ended, and stops under CORK_OFF (the
-# gap keeps it from flapping). A flush under CORK_MIN_S (a hundred sockets or so) never makes
-# the next one wait: a lone message, or a small room, goes out as before.
+# a flush took CORK_ON of the time since the one before ended, and lasts while the waits pay:
+# a corked flush that wrote one frame a socket (nothing arrived to share it) ends it. A flush
+# under CORK_MIN_S (a hundred sockets or so) never makes the next one wait, nor does a message
+# after a quiet spell: a lone message, or a small room, goes out as before.
 CORK_ON = 0.5
-CORK_OFF = 0.25
 CORK_MIN_S = 0.001
 CORK_MAX_S = 0.010
 
 
 class Flusher:
     """Collects the sockets with frames waiting and writes them all once per flush, a few loop
-    turns after the first frame (one per gateway: its sockets share one event loop).
+    turns after the first frame, or a few ms while corked (one per gateway: its sockets share
+    one event loop).
 
     Frames that may wait (``lazy``: presence, typing, cursors) are written ``lazy_s`` after the
     first of them, or with the socket's next frame that may not, whichever comes first, in
@@ -343,7 +349,7 @@ class Flusher:
         self._cache = FrameCache()
         self._scheduled = False
         self._cork_s = 0.0  # how long the next flush waits (0: FLUSH_TURNS turns)
-        self._last_end = 0.0
+        self._last_end = float("-inf")
         self._clock = clock
         # Kept: asyncio.get_running_loop() costs a getpid() system call each time.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -382,30 +388,35 @@ class Flusher:
             self._scheduled = False
             dirty, self._dirty = self._dirty, []
             start = self._clock()
-            self._flush(dirty)
-            self._corked(start, self._clock())
+            frames = self._flush(dirty)
+            self._corked(start, self._clock(), frames > len(dirty))
 
-    def _corked(self, start: float, end: float) -> None:
+    def _corked(self, start: float, end: float, shared: bool) -> None:
+        """``shared``: the flush wrote more than one frame a socket."""
         took, since = end - start, end - self._last_end
         self._last_end = end
-        share = took / since if since > 0 else 1.0
-        if took >= CORK_MIN_S and (share >= CORK_ON or (self._cork_s and share >= CORK_OFF)):
-            self._cork_s = min(took, CORK_MAX_S)
+        if self._cork_s:
+            cork = shared and took >= CORK_MIN_S
         else:
-            self._cork_s = 0.0
+            cork = took >= CORK_MIN_S and took >= CORK_ON * since
+        self._cork_s = min(took, CORK_MAX_S) if cork else 0.0
 
     def _flush_lazy(self) -> None:
         self._lazy_timer = None
         lazy, self._lazy = self._lazy, []
         self._flush(lazy)  # a socket flushed since has nothing left: a no-op for it
 
-    def _flush(self, conns: list[_Flushable]) -> None:
-        cache = self._cache
-        try:
-            for conn in conns:
-                conn.flush(cache)
-        finally:
-            cache.clear()
+    def _flush(self, conns: list[_Flushable]) -> int:
+        """Every socket's frames (one that fails is logged and leaves the others unharmed);
+        how many frames were written."""
+        cache, frames = self._cache, 0
+        for conn in conns:
+            try:
+                frames += conn.flush(cache)
+            except Exception:
+                log.exception("flush failed")
+        cache.clear()
+        return frames
 
 
 def outlet_of(scope: Mapping[str, Any]) -> Outlet | None:

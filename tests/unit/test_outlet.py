@@ -339,54 +339,100 @@ async def test_with_a_small_queue_frames_that_may_wait_never_close_a_healthy_soc
 
 
 class SlowSocket:
-    """A socket whose flush takes ``cost`` seconds of the flusher's (fake) clock: the system
-    call per socket of a large room, added up."""
+    """A socket whose flush takes ``cost`` seconds of the flusher's clock (the system call per
+    socket of a large room, added up); the clock is the loop's plus what flushes took."""
 
-    def __init__(self, clock: list[float], cost: float) -> None:
-        self.clock, self.cost, self.flushes = clock, cost, 0
+    def __init__(self, flusher: Flusher, clock: list[float], cost: float) -> None:
+        self.flusher, self.clock, self.cost = flusher, clock, cost
+        self.waiting = 0  # frames since the last flush
+        self.writes: list[tuple[int, float]] = []  # (frames, loop time) of each flush
         self.flushed = asyncio.Event()
 
-    def flush(self, cache: FrameCache) -> None:
+    def add(self) -> float:
+        """One more frame, marked as ``Conn`` marks its first; the loop time."""
+        self.waiting += 1
+        if self.waiting == 1:
+            self.flusher.mark(self)
+        return asyncio.get_running_loop().time()
+
+    def flush(self, cache: FrameCache) -> int:
         self.clock[0] += self.cost
-        self.flushes += 1
+        frames, self.waiting = self.waiting, 0
+        self.writes.append((frames, asyncio.get_running_loop().time()))
         self.flushed.set()
+        return frames
 
-    async def turns(self) -> None:
-        for _ in range(FLUSH_TURNS + 1):
-            await asyncio.sleep(0)
+    async def next_flush(self) -> tuple[int, float]:
+        self.flushed.clear()
+        await asyncio.wait_for(self.flushed.wait(), 5)
+        return self.writes[-1]
 
 
-async def test_flushes_that_keep_the_loop_busy_wait_to_share_their_writes() -> None:
-    now = [100.0]
-    flusher = Flusher(clock=lambda: now[0])
-    big = SlowSocket(now, 0.004)  # 4 ms a flush: a few hundred sockets' writes
-    flusher.mark(big)
-    await big.turns()
-    assert big.flushes == 1  # the first flush: nothing says the loop is busy yet
-    flusher.mark(big)  # the next message right after it: the loop is all flushes now
-    await big.turns()
-    assert big.flushes == 2
-    big.flushed.clear()
-    flusher.mark(big)
-    await big.turns()
-    assert big.flushes == 2  # corked: waits about as long as the last flush took
-    await asyncio.wait_for(big.flushed.wait(), 5)
-    assert big.flushes == 3
+async def turns() -> None:
+    for _ in range(FLUSH_TURNS + 1):
+        await asyncio.sleep(0)
 
-    now[0] += 1.0  # a second of quiet: the first message after it goes at once
-    flusher.mark(big)
-    await big.turns()
-    assert big.flushes == 4
-    flusher.mark(big)  # and that flush found the loop idle: uncorked
-    await big.turns()
-    assert big.flushes == 5
+
+def clocked(cost: float) -> SlowSocket:
+    loop, took = asyncio.get_running_loop(), [0.0]
+    return SlowSocket(Flusher(clock=lambda: loop.time() + took[0]), took, cost)
+
+
+async def test_while_flushes_keep_the_loop_busy_frames_wait_to_share_a_write() -> None:
+    big = clocked(0.004)  # 4 ms a flush: a few hundred sockets' writes
+    big.add()
+    await turns()
+    assert len(big.writes) == 1  # the first flush: nothing says the loop is busy yet
+    big.add()  # the next message right after it: the loop is all flushes now
+    await turns()
+    assert len(big.writes) == 2
+    t0 = big.add()
+    big.add()  # a second message while the first waits
+    await turns()
+    assert len(big.writes) == 2  # corked
+    frames, at = await big.next_flush()
+    assert frames == 2  # both in one write
+    assert at - t0 >= 0.004 - 0.001  # about as long as the last flush took
+    big.add()  # it paid: still corked
+    await turns()
+    assert len(big.writes) == 3
+    frames, _ = await big.next_flush()
+    assert frames == 1  # nothing came to share it: the cork ends here
+    big.add()
+    await turns()
+    assert len(big.writes) == 5
+
+
+async def test_the_first_message_after_a_quiet_spell_goes_at_once() -> None:
+    big = clocked(0.004)
+    for _ in range(2):
+        big.add()
+        await turns()
+    big.clock[0] += 1.0  # a second with nothing to flush
+    big.add()
+    await turns()
+    assert len(big.writes) == 3
 
 
 async def test_small_flushes_never_wait_however_often_they_come() -> None:
-    now = [100.0]
-    flusher = Flusher(clock=lambda: now[0])
-    small = SlowSocket(now, 0.0002)  # 0.2 ms: a room of a few dozen
+    small = clocked(0.0002)  # 0.2 ms: a room of a few dozen
     for i in range(10):
-        flusher.mark(small)
-        await small.turns()
-        assert small.flushes == i + 1
+        small.add()
+        await turns()
+        assert len(small.writes) == i + 1
+
+
+class Failing:
+    def flush(self, cache: FrameCache) -> int:
+        raise RuntimeError("boom")
+
+
+async def test_a_socket_whose_flush_fails_leaves_the_others_and_later_flushes_alone() -> None:
+    small = clocked(0.0)
+    small.flusher.mark(Failing())
+    small.add()
+    await turns()
+    assert len(small.writes) == 1
+    small.add()
+    await turns()
+    assert len(small.writes) == 2

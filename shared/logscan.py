@@ -24,10 +24,10 @@ STALLS = 3  # empty reads in a row, nothing pending, before a walk gives up shor
 READ_TIMEOUT_S = 5.0
 
 
-async def read_whole(bus: Bus, wanted: int, start: int = 1) -> bool:
-    """Whether reading every entry from ``start`` costs less than a filtered read of the
+async def read_whole(bus: Bus, wanted: int) -> bool:
+    """Whether reading every entry of the log costs less than a filtered read of the
     ``wanted`` entries among them."""
-    return await bus.log_end() - start + 1 <= WHOLE * wanted
+    return await bus.log_end() <= WHOLE * wanted
 
 
 def matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
@@ -44,10 +44,10 @@ def matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
 
 
 async def walk(
-    bus: Bus, end: int, keep: Callable[[str], bool], start: int = 1
+    bus: Bus, end: int, keep: Callable[[str], bool]
 ) -> AsyncGenerator[list[Entry], None]:
     """The entries whose subject passes ``keep`` (a ``matcher``, or the caller's own exact
-    test) from ``start`` through sequence ``end``, a batch at a time, in log order, read
+    test) from the log's start through sequence ``end``, a batch at a time, in log order, read
     through one tail of the whole log (``read_whole`` says when that costs less than reading
     by subject).
 
@@ -56,9 +56,9 @@ async def walk(
     nothing and nothing is pending (a tail that could not open while NATS was away, entries
     deleted meanwhile). A reader that took a short walk for the whole of it would save a
     picture with something missing."""
-    tail = bus.tail(subjects.EVENTS_ALL, start)
+    tail = bus.tail(subjects.EVENTS_ALL, 1)
     try:
-        seen, stalls = start - 1, 0
+        seen, stalls = 0, 0
         while seen < end:
             entries = await tail.fetch(BATCH, timeout=READ_TIMEOUT_S)
             if not entries:

@@ -328,7 +328,8 @@ class ChatService:
                 all_at = time.monotonic() + SNAPSHOT_S
 
     def _owns_of(self, partitions: set[int], context_id: str) -> bool:
-        return self.rooms.partition(context_id) in partitions and self.owns(context_id)
+        partition = self.rooms.partition(context_id)
+        return partition in partitions and self.ownership.owns(partition)
 
     def _want_backfill(self, partition: int | None = None) -> None:
         if not self.settings.chat_snapshot_backfill:
